@@ -1,0 +1,22 @@
+# Two entry points for a fresh machine (see README.md): `make demo` and `make test`.
+# Each installs what it needs first: the system FluidSynth library and the Python packages.
+PYTHON ?= python3
+# torch is pinned so that pip takes the CPU wheel where one is provided, not the newest CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test bench
+
+install:
+	@ldconfig -p | grep -q libfluidsynth || { \
+	  echo "Installing the FluidSynth library (libfluidsynth3)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends libfluidsynth3; }
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH)"
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+demo: install
+	$(PYTHON) -m apollo corpus export bach-chorales midi/bach-chorales
+	$(PYTHON) -m apollo preprocess midi/bach-chorales -o datasets/bach-chorales
+
+test: install
+	$(PYTHON) -m pytest -q

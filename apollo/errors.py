@@ -1,0 +1,11 @@
+"""The exceptions Apollo raises for bad input; the command line prints them as one line."""
+
+__all__ = ["ApolloError", "MidiError"]
+
+
+class ApolloError(Exception):
+    """A problem the user can fix (bad file, bad option, missing dependency), with a readable message."""
+
+
+class MidiError(ApolloError):
+    """A MIDI file that cannot be read or is not usable (broken, empty, absurd)."""

@@ -1,0 +1,32 @@
+"""Shared fixtures: real MIDI files, made once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apollo.roll import Grid, PianoRoll
+
+N_CHORALES = 24
+
+
+@pytest.fixture(scope="session")
+def chorale_dir(tmp_path_factory) -> Path:
+    """A folder of real Bach chorales as MIDI files, exported from music21's offline corpus."""
+    from apollo.corpus import export
+
+    out = tmp_path_factory.mktemp("chorales")
+    export("bach-chorales", out, limit=N_CHORALES)
+    return out
+
+
+@pytest.fixture
+def c_major_roll() -> PianoRoll:
+    """Two bars: a C-E-G triad held for a bar, then C4 struck four times (repeated notes)."""
+    grid = Grid()
+    pitch = np.array([60, 64, 67, 60, 60, 60, 60])
+    start = np.array([0, 0, 0, 16, 20, 24, 28])
+    end = np.array([16, 16, 16, 20, 24, 28, 32])
+    return PianoRoll.from_notes(pitch, start, end, grid, tempo=100)

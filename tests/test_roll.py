@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apollo.roll import HELD, ONSET, SILENT, Grid, PianoRoll, fold_pitches
+
+
+def test_from_notes_marks_onsets_and_held_cells(c_major_roll):
+    cells = c_major_roll.cells
+    assert cells.shape == (64, 32)
+    row = 60 - 30
+    assert cells[row, 0] == ONSET and (cells[row, 1:16] == HELD).all()
+    assert [cells[row, s] for s in (16, 20, 24, 28)] == [ONSET] * 4
+    assert (cells[:row] == SILENT).all()
+
+
+def test_notes_round_trip(c_major_roll):
+    pitch, start, end = c_major_roll.notes()
+    assert list(zip(pitch, start, end)) == [
+        (60, 0, 16), (64, 0, 16), (67, 0, 16), (60, 16, 20), (60, 20, 24), (60, 24, 28), (60, 28, 32)
+    ]
+
+
+@pytest.mark.parametrize("encoding, notes", [("onset", 7), ("rest", 7), ("plain", 3)])
+def test_encodings_keep_or_merge_repeated_notes(c_major_roll, encoding, notes):
+    planes = c_major_roll.encode(encoding)
+    assert planes.dtype == bool and planes.shape[1:] == (64, 32)
+    assert PianoRoll.decode(planes, encoding).n_notes == notes
+
+
+def test_fold_keeps_pitch_class_and_drop_removes():
+    grid = Grid(lowest_pitch=30, n_pitches=64)
+    folded, keep = fold_pitches(np.array([10, 29, 30, 93, 94, 127]), grid)
+    assert keep.all()
+    assert ((folded >= 30) & (folded <= 93)).all()
+    assert (folded % 12 == np.array([10, 29, 30, 93, 94, 127]) % 12).all()
+    kept, mask = fold_pitches(np.array([10, 30, 93, 94]), grid, "drop")
+    assert kept.tolist() == [30, 93] and mask.tolist() == [False, True, True, False]
+
+
+def test_midi_round_trip_keeps_program_tempo_and_notes(tmp_path, c_major_roll):
+    import mido
+
+    path = tmp_path / "x.mid"
+    c_major_roll.to_midi(path, program=40)
+    back = PianoRoll.from_midi(path)
+    assert back.tempo == pytest.approx(100, abs=0.01)
+    assert np.array_equal(back.cells, c_major_roll.cells)
+    programs = [m.program for m in mido.MidiFile(path).tracks[0] if m.type == "program_change"]
+    assert programs == [40]
+
+
+def test_slice_starts_cut_notes():
+    roll = PianoRoll.from_notes(np.array([60]), np.array([0]), np.array([8]))
+    part = roll.slice(4, 8)
+    assert part.cells[30, 0] == ONSET and part.n_notes == 1
+
+
+def test_bad_cells_are_refused():
+    with pytest.raises(ValueError, match="pitch rows"):
+        PianoRoll(np.zeros((10, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="SILENT"):
+        PianoRoll(np.full((64, 4), 3, dtype=np.uint8))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(30, 93), st.integers(0, 60), st.integers(1, 8)), max_size=30))
+def test_onset_encoding_round_trips_any_roll(notes):
+    if notes:
+        pitch, start, length = map(np.array, zip(*notes))
+    else:
+        pitch = start = length = np.zeros(0, dtype=int)
+    roll = PianoRoll.from_notes(pitch, start, start + length, n_steps=70)
+    assert np.array_equal(PianoRoll.decode(roll.encode("onset"), "onset").cells, roll.cells)
+    assert np.array_equal(PianoRoll.from_notes(*roll.notes(), n_steps=70).cells, roll.cells)
