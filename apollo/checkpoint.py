@@ -1,0 +1,91 @@
+"""Checkpoints that carry their own config and never run code from the file.
+
+Training checkpoints (``.pt``) are plain dicts of tensors and numbers written with ``torch.save``
+and read back with ``weights_only=True``, which refuses any pickle that would build other objects
+(a booby-trapped file raises :class:`~apollo.errors.ApolloError` instead of running its code).
+A generator exported for sharing (``.safetensors``) holds only tensors, with the configs as JSON
+metadata; the bundled model is one of these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from apollo import __version__
+from apollo.errors import ApolloError
+from apollo.io import atomic_path
+from apollo.model import Generator, ModelConfig
+
+__all__ = ["save_checkpoint", "load_checkpoint", "save_generator", "load_generator"]
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write a training checkpoint atomically (temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        torch.save({**state, "apollo_version": __version__}, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a training checkpoint without executing anything stored in it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ApolloError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        # weights_only loading raises UnpicklingError for any global it does not allow.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        reason = f"it asks to call {found.group(1)}" if found else type(error).__name__
+        raise ApolloError(
+            f"{path}: refused to load: not a plain-weights checkpoint ({reason}; "
+            "unpickling it could run code)"
+        ) from None
+
+
+def save_generator(path: str | Path, generator: Generator, meta: dict) -> None:
+    """Export a generator's weights to safetensors with ``meta`` (configs, provenance) as JSON."""
+    from safetensors.torch import save_file
+
+    meta = {**meta, "model_config": generator.config.to_dict(), "apollo_version": __version__}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in generator.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"apollo": json.dumps(meta)})
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
+    """A generator in eval mode and its metadata, from a training checkpoint or a safetensors export.
+
+    The metadata holds at least ``model_config`` and ``dataset_config`` (the grid, encoding and
+    chunk length the generator was trained on).
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        if not path.is_file():
+            raise ApolloError(f"{path}: no such model file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("apollo", "{}"))
+            weights = load_file(str(path))
+        except (SafetensorError, json.JSONDecodeError, OSError) as error:
+            raise ApolloError(f"{path}: not a readable Apollo model ({error})") from None
+    else:
+        state = load_checkpoint(path)
+        if "generator" not in state:
+            raise ApolloError(f"{path}: not an Apollo checkpoint (no generator weights)")
+        weights = state["generator"]
+        meta = {k: v for k, v in state.items() if k.endswith("_config") or k in ("step", "apollo_version")}
+    if "model_config" not in meta:
+        raise ApolloError(f"{path}: not an Apollo model (no model_config)")
+    generator = Generator(ModelConfig(**meta["model_config"]))
+    try:
+        generator.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ApolloError(f"{path}: weights do not match the model config ({str(error)[:200]})") from None
+    return generator.to(device).eval(), meta

@@ -1,0 +1,153 @@
+"""The DCGAN: a generator that upsamples noise [C, 2, 8] to a roll, and a discriminator that mirrors it.
+
+Both are plain ``nn.Module`` stacks built in loops from a :class:`ModelConfig`. With the ``apollo``
+preset the sizes are ApolloGAN's (noise [7, 2, 8]; generator widths 1024-512-256-128; discriminator
+128-256-512-1024-128, then 2048 -> 512 -> 1); ``small`` divides every width by four for CPUs.
+
+Shapes for the default grid (64 pitches, 256 steps), width ``w``, ``n_layers = 5``::
+
+    generator      noise [C, 2, 8] -> [8w, 4, 16] -> [4w, 8, 32] -> [2w, 16, 64] -> [w, 32, 128]
+                   -> [roll_channels, 64, 256], sigmoid (the probability of each cell)
+    discriminator  [roll_channels, 64, 256] -> [w, 32, 128] -> [2w, 16, 64] -> [4w, 8, 32]
+                   -> [8w, 4, 16] -> [w, 2, 8] -> flatten 16w -> 4w -> 1 logit
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "count_parameters"]
+
+NORMS = ("batch", "spectral", "layer", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the two networks; saved in every checkpoint."""
+
+    width: int = 32  # narrowest hidden width; the widest is width * 2 ** (n_layers - 2)
+    noise_channels: int = 7  # C of the noise [C, n_pitches / 2**n_layers, n_steps / 2**n_layers]
+    roll_channels: int = 2  # planes of the roll encoding (2 for "onset", 1 otherwise)
+    n_pitches: int = 64
+    n_steps: int = 256
+    n_layers: int = 5  # stride-2 (transposed) convolutions in each network
+    kernel: int = 4
+    generator_norm: str = "batch"  # "batch" or "none"
+    discriminator_norm: str = "spectral"  # "spectral", "batch", "layer" or "none" (WGAN-GP: not "batch")
+
+    def __post_init__(self) -> None:
+        scale = 2**self.n_layers
+        if self.n_pitches % scale or self.n_steps % scale:
+            raise ValueError(
+                f"n_pitches ({self.n_pitches}) and n_steps ({self.n_steps}) must be multiples of "
+                f"2**n_layers = {scale}"
+            )
+        if self.n_layers < 2:
+            raise ValueError("n_layers must be at least 2")
+        if self.kernel % 2:
+            raise ValueError("kernel must be even so that a stride-2 layer exactly halves or doubles")
+        for name, value, allowed in (
+            ("generator_norm", self.generator_norm, ("batch", "none")),
+            ("discriminator_norm", self.discriminator_norm, NORMS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        scale = 2**self.n_layers
+        return (self.noise_channels, self.n_pitches // scale, self.n_steps // scale)
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        """Widths after each hidden generator layer, widest first: e.g. 1024, 512, 256, 128."""
+        return [self.width * 2**i for i in reversed(range(self.n_layers - 1))]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "apollo": ModelConfig(width=128),  # ApolloGAN's sizes: 11.1 M + 14.2 M parameters
+    "small": ModelConfig(width=32),  # for CPUs: about 1/16 of the compute
+}
+
+
+class Generator(nn.Module):
+    """Noise [B, *noise_shape] -> cell probabilities [B, roll_channels, n_pitches, n_steps]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        k, pad = config.kernel, config.kernel // 2 - 1
+        widths = [config.noise_channels, *config.hidden_widths]
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(widths, widths[1:]):
+            layers.append(nn.ConvTranspose2d(n_in, n_out, k, stride=2, padding=pad, bias=False))
+            layers.append(nn.BatchNorm2d(n_out) if config.generator_norm == "batch" else nn.Identity())
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.ConvTranspose2d(widths[-1], config.roll_channels, k, stride=2, padding=pad))
+        self.net = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(noise))
+
+    def logits(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.net(noise)
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.randn(n, *self.config.noise_shape, generator=generator, device=device)
+
+
+class Discriminator(nn.Module):
+    """Rolls [B, roll_channels, n_pitches, n_steps] -> one logit each (no sigmoid: the loss applies it)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        k, pad = config.kernel, config.kernel // 2 - 1
+        norm = config.discriminator_norm
+        # Mirror of the generator, then back down to `width` channels before the dense layers.
+        widths = [config.roll_channels, *reversed(config.hidden_widths), config.width]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+            conv = nn.Conv2d(n_in, n_out, k, stride=2, padding=pad, bias=norm != "batch")
+            layers.append(nn.utils.parametrizations.spectral_norm(conv) if norm == "spectral" else conv)
+            if i > 0 and norm == "batch":
+                layers.append(nn.BatchNorm2d(n_out))
+            elif i > 0 and norm == "layer":
+                layers.append(nn.GroupNorm(1, n_out))  # normalizes each sample alone, as WGAN-GP needs
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+        _, height, length = config.noise_shape
+        flat, hidden = config.width * height * length, 4 * config.width
+        dense = [nn.Linear(flat, hidden), nn.Linear(hidden, 1)]
+        if norm == "spectral":
+            dense = [nn.utils.parametrizations.spectral_norm(layer) for layer in dense]
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Sequential(dense[0], nn.LeakyReLU(0.2, inplace=True), dense[1])
+        self.apply(init_weights)
+
+    def forward(self, rolls: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(rolls)).squeeze(1)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        weight = getattr(module, "parametrizations", None)
+        target = weight.weight.original if weight is not None else module.weight
+        nn.init.normal_(target, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
