@@ -10,6 +10,7 @@ metadata; the bundled model is one of these.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -36,14 +37,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ApolloError(f"{path}: no such checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        # weights_only loading raises UnpicklingError for any global it does not allow.
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        reason = f"it asks to call {found.group(1)}" if found else type(error).__name__
+    except pickle.UnpicklingError as error:
+        # weights_only loading refuses any global (a class, a function) it does not allow.
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        asks = f" (it asks for {found.group(1)})" if found else ""
         raise ApolloError(
-            f"{path}: refused to load: not a plain-weights checkpoint ({reason}; "
-            "unpickling it could run code)"
+            f"{path}: refused to load: it holds Python objects beyond plain weights{asks}, "
+            "and unpickling them could run code"
         ) from None
+    except Exception as error:
+        raise ApolloError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
 
 
 def save_generator(path: str | Path, generator: Generator, meta: dict) -> None:
