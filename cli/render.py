@@ -1,0 +1,89 @@
+"""`apollo render` and `apollo instruments`: thin wrappers over apollo.render and apollo.instruments.
+
+Neither command imports torch (the test suite checks it in a subprocess).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from apollo.instruments import aliases_of, gm_names, instrument_name, instrument_program
+from apollo.errors import ApolloError
+
+
+class InstrumentType(click.ParamType):
+    """A General MIDI program given as a name, an alias or a number; converts to the program (int)."""
+
+    name = "NAME|PROGRAM"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return instrument_program(value)
+        except ApolloError as error:
+            self.fail(str(error), param, ctx)
+
+
+INSTRUMENT = InstrumentType()
+
+
+def soundfont_option(function):
+    """--soundfont, shared with `apollo generate --wav`."""
+    return click.option(
+        "--soundfont",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="SoundFont (.sf2/.sf3). Default: $APOLLO_SOUNDFONT, soundfonts/, pretty_midi's TimGM6mb, "
+        "the system FluidR3_GM.",
+    )(function)
+
+
+def describe(info) -> str:
+    """One line about a rendered WAV: length, format, peak, instruments and SoundFont."""
+    programs = sorted({p for used in info.programs.values() for p in used})
+    played = ", ".join(instrument_name(p) for p in programs) or "no notes"
+    return (
+        f"{info.wav_path}: {info.seconds:.1f} s (MIDI {info.midi_seconds:.1f} s + tail), "
+        f"{info.sample_rate} Hz stereo 16-bit, peak {info.peak_dbfs:.1f} dBFS; {played}; "
+        f"SoundFont {info.soundfont.path.name} ({info.soundfont.source})"
+    )
+
+
+@click.command()
+@click.argument("midi", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("wav", type=click.Path(dir_okay=False, path_type=Path))
+@soundfont_option
+@click.option("--instrument", type=INSTRUMENT, help="Play every non-drum part on this instrument (see `apollo instruments`).")
+@click.option("--sample-rate", type=click.IntRange(8000, 96000), default=44100, show_default=True, help="Hz.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True,
+              help="Refuse (without rendering) a MIDI file that lasts longer.")
+def render(midi: Path, wav: Path, soundfont: Path | None, instrument: int | None, sample_rate: int, max_minutes: float) -> None:
+    """Render the MIDI file MIDI to a WAV file through a SoundFont.
+
+    The WAV is stereo 16-bit, keeps the release tail of the last notes and is peak-normalized
+    to -1 dBFS.
+
+    \b
+    Example:
+        apollo render song.mid song.wav --instrument violin
+    """
+    from apollo.render import render as render_midi
+
+    info = render_midi(midi, wav, soundfont=soundfont, instrument=instrument, sample_rate=sample_rate,
+                       max_seconds=max_minutes * 60)
+    if not info.n_notes:
+        click.echo(f"warning: {midi} has no notes; the WAV is silent", err=True)
+    click.echo(f"Wrote {describe(info)}")
+
+
+@click.command()
+def instruments() -> None:
+    """List the 128 General MIDI instruments with their program numbers and aliases.
+
+    Names are matched ignoring case, spaces and punctuation; numbers count from 0.
+    """
+    for program, name in enumerate(gm_names()):
+        aliases = aliases_of(program)
+        click.echo(f"{program:3d}  {name}" + (f"  (also: {', '.join(aliases)})" if aliases else ""))
