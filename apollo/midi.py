@@ -1,9 +1,12 @@
 """MIDI files in and out, as plain note arrays.
 
-Reading checks the file's structure before a native parser sees it, so that the common kinds of
-broken file (truncated, bad header, SMPTE timing, ticks per quarter 0, absurd lengths) fail with a
-:class:`~apollo.errors.MidiError` that names the cause. Notes are quantized in beats: a tick ``t``
-falls on step ``round(t * steps_per_beat / ticks_per_quarter)``.
+Reading checks the file's structure in Python before the native parser (symusic) sees it, so that
+the common kinds of broken file (empty, text, truncated, bad header, format 2, SMPTE timing, ticks
+per quarter 0, thousands of tracks, absurd lengths) fail with a :class:`~apollo.errors.MidiError`
+that names the cause in one line, and lengths are bounded before anything is allocated. The native
+parser can still crash or run away on inputs nobody foresaw, so :mod:`apollo.preprocess` also runs
+it in worker processes with a memory limit and a timeout. Notes are quantized in beats: a tick
+``t`` falls on step ``round(t * steps_per_beat / ticks_per_quarter)``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import numpy as np
 from apollo.errors import MidiError
 from apollo.io import atomic_path
 
-__all__ = ["MidiNotes", "read_notes", "write_notes", "MAX_STEPS"]
+__all__ = ["MidiNotes", "read_notes", "check_structure", "unwrap_rmid", "write_notes", "MAX_STEPS", "MAX_FILE_BYTES", "MAX_TRACKS"]
 
 MAX_STEPS = 1 << 16  # longest piece read, in steps (4096 bars of 4/4 at sixteenths)
+MAX_FILE_BYTES = 32 << 20  # the largest real MIDI files are a few MB; bigger ones are not music
+MAX_TRACKS = 1024  # real files have at most a few hundred; thousands mean a broken writer
 
 
 @dataclass
@@ -32,44 +37,73 @@ class MidiNotes:
     tempo: float = 120.0
 
 
+def _error(label: object, reason: str) -> MidiError:
+    """A MidiError whose message names the file; ``.reason`` holds the reason alone (for manifests)."""
+    error = MidiError(f"{label}: {reason}")
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
+
+
 def read_notes(
-    path: str | Path,
+    source: str | Path | bytes,
     steps_per_beat: int = 4,
     *,
     include_drums: bool = False,
     max_steps: int = MAX_STEPS,
+    name: str | None = None,
 ) -> MidiNotes:
-    """All notes of a MIDI file (non-drum tracks merged), quantized to ``steps_per_beat``."""
+    """All notes of a MIDI file (non-drum tracks merged), quantized to ``steps_per_beat``.
+
+    ``source`` is a path or the file's bytes (``name`` then labels errors). Raises MidiError with a
+    one-line reason for anything unusable: unreadable, empty, not MIDI, broken structure, no notes,
+    only drums, absurd times, longer than ``max_steps``. A RIFF-wrapped file (RMID) is unwrapped.
+    A missing or absurd tempo (0, negative, over 1000 bpm) becomes 120: time is read in beats, so
+    the tempo never changes the notes.
+    """
     import symusic
 
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise MidiError(f"{path}: cannot read ({error.strerror or error})") from None
-    check_structure(data, path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, label = bytes(source), name or "<bytes>"
+    else:
+        path = Path(source)
+        label = name or path
+        try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:  # checked before reading: never load a 10 GB "MIDI" file
+                raise _error(label, f"too large ({size / 2**20:.0f} MB, the limit is {MAX_FILE_BYTES >> 20} MB)")
+            data = path.read_bytes()
+        except OSError as error:
+            raise _error(label, f"cannot read ({error.strerror or error})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise _error(label, f"too large ({len(data) / 2**20:.0f} MB, the limit is {MAX_FILE_BYTES >> 20} MB)")
+    data = unwrap_rmid(data, label)
+    data = check_structure(data, label)
     try:
         score = symusic.Score.from_midi(data)
     except Exception as error:  # the parser's own message says what is wrong
-        raise MidiError(f"{path}: not a readable MIDI file ({error})") from None
+        raise _error(label, f"not a readable MIDI file ({_parser_message(error)})") from None
 
     tpq = score.ticks_per_quarter
-    arrays = [t.notes.numpy() for t in score.tracks if include_drums or not t.is_drum]
-    arrays = [a for a in arrays if len(a["pitch"])]
+    tracks = [t for t in score.tracks if len(t.notes)]
+    arrays = [t.notes.numpy() for t in tracks if include_drums or not t.is_drum]
     if not arrays:
-        raise MidiError(f"{path}: no notes")
+        raise _error(label, "only drums (drum tracks are left out)" if tracks else "no notes")
     time = np.concatenate([a["time"] for a in arrays]).astype(np.int64)
     duration = np.concatenate([a["duration"] for a in arrays]).astype(np.int64)
-    start = np.rint(time * steps_per_beat / tpq).astype(np.int64)
-    end = np.rint((time + np.maximum(duration, 0)) * steps_per_beat / tpq).astype(np.int64)
-    if start.min() < 0:
-        raise MidiError(f"{path}: negative note times")
+    # Every note needs a note-on and a note-off, at least 3 bytes each even with running status;
+    # more notes than that means the parser went wrong, and its output is not to be trusted.
+    if len(time) > len(data) // 3:
+        raise _error(label, f"implausible note count ({len(time)} notes in {len(data)} bytes)")
+    if time.min() < 0:  # tick counts that overflowed the parser's 32-bit times
+        raise _error(label, "absurd note times (negative ticks)")
+    start = np.rint(time * (steps_per_beat / tpq)).astype(np.int64)
+    end = np.rint((time + np.maximum(duration, 0)) * (steps_per_beat / tpq)).astype(np.int64)
     if end.max() > max_steps:
-        raise MidiError(f"{path}: too long ({int(end.max())} steps, the limit is {max_steps})")
+        raise _error(label, f"too long ({int(end.max())} steps, the limit is {max_steps})")
     tempo = 120.0
     if len(score.tempos):
         tempo = float(score.tempos[0].qpm)
-        if not 1.0 <= tempo <= 1000.0:
+        if not 1.0 <= tempo <= 1000.0:  # tempo 0 (infinite qpm) and friends
             tempo = 120.0
     return MidiNotes(
         pitch=np.concatenate([a["pitch"] for a in arrays]).astype(np.int64),
@@ -80,31 +114,74 @@ def read_notes(
     )
 
 
-def check_structure(data: bytes, path: Path) -> None:
-    """Raise MidiError unless ``data`` is a well-formed Standard MIDI File at the chunk level."""
-    if data[:4] == b"RIFF" and data[8:12] == b"RMID":
-        raise MidiError(f"{path}: RIFF-wrapped MIDI (RMID) is not supported")
-    if len(data) < 14 or data[:4] != b"MThd":
-        raise MidiError(f"{path}: not a MIDI file (no MThd header)")
+def _parser_message(error: Exception) -> str:
+    """symusic's message on one line, without its "MiniMidi:" and "iostream error" decoration."""
+    message = " ".join(str(error).split())
+    message = message.removeprefix("MiniMidi: ").removesuffix(": iostream error")
+    message = message.split("!")[0]  # the first sentence; the rest is cursor arithmetic
+    return message[:100] or type(error).__name__
+
+
+def unwrap_rmid(data: bytes, label: object = "<bytes>") -> bytes:
+    """The Standard MIDI File inside a RIFF RMID wrapper (``data`` unchanged if not wrapped)."""
+    if data[:4] != b"RIFF":
+        return data
+    if data[8:12] != b"RMID":
+        raise _error(label, "a RIFF file that is not RMID (MIDI)")
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk, size = data[offset : offset + 4], int.from_bytes(data[offset + 4 : offset + 8], "little")
+        if chunk == b"data":
+            return data[offset + 8 : offset + 8 + size]
+        offset += 8 + size + (size & 1)  # RIFF chunks are padded to even sizes
+    raise _error(label, "RIFF-wrapped MIDI (RMID) without a MIDI data chunk")
+
+
+def check_structure(data: bytes, label: object = "<bytes>") -> bytes:
+    """Check ``data`` is a well-formed Standard MIDI File at the chunk level; raise MidiError if not.
+
+    This runs before the native parser sees the bytes, so that every chunk length is known to lie
+    inside the file. Returns the data, with a longer-than-6-byte header (allowed by the standard,
+    refused by symusic) cut to 6 bytes.
+    """
+    if not data:
+        raise _error(label, "empty file")
+    if data[:4] != b"MThd":
+        head = data[:64]
+        if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+            raise _error(label, "not a MIDI file (it is text)")
+        raise _error(label, "not a MIDI file (no MThd header)")
+    if len(data) < 14:
+        raise _error(label, f"truncated ({len(data)} bytes, shorter than a MIDI header)")
     header_length = int.from_bytes(data[4:8], "big")
     fmt, n_tracks, division = (int.from_bytes(data[i : i + 2], "big") for i in (8, 10, 12))
-    if header_length < 6:
-        raise MidiError(f"{path}: bad header length {header_length}")
+    if header_length < 6 or 8 + header_length > len(data):
+        raise _error(label, f"bad header length {header_length}")
+    if header_length > 6:
+        data = data[:4] + (6).to_bytes(4, "big") + data[8:14] + data[8 + header_length :]
+        header_length = 6
+    if fmt == 2:
+        raise _error(label, "MIDI format 2 (independent sequences) is not supported")
     if fmt > 2:
-        raise MidiError(f"{path}: unknown MIDI format {fmt}")
+        raise _error(label, f"unknown MIDI format {fmt}")
     if division & 0x8000:
-        raise MidiError(f"{path}: SMPTE time division is not supported")
+        raise _error(label, "SMPTE time division is not supported")
     if division == 0:
-        raise MidiError(f"{path}: ticks per quarter note is 0")
+        raise _error(label, "ticks per quarter note is 0")
+    if n_tracks == 0:
+        raise _error(label, "no tracks")
     offset, found = 8 + header_length, 0
     while offset + 8 <= len(data) and found < n_tracks:
         length = int.from_bytes(data[offset + 4 : offset + 8], "big")
         if offset + 8 + length > len(data):
-            raise MidiError(f"{path}: truncated (track {found + 1} runs past the end of the file)")
+            raise _error(label, f"truncated (track {found + 1} runs past the end of the file)")
         found += data[offset : offset + 4] == b"MTrk"
         offset += 8 + length
     if found < n_tracks:
-        raise MidiError(f"{path}: truncated (header promises {n_tracks} tracks, found {found})")
+        raise _error(label, f"truncated (header promises {n_tracks} tracks, found {found})")
+    if n_tracks > MAX_TRACKS:
+        raise _error(label, f"too many tracks ({n_tracks}, the limit is {MAX_TRACKS})")
+    return data
 
 
 def write_notes(
