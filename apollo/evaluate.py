@@ -468,6 +468,9 @@ def evaluate_paths(
     ``limit`` rolls of each side are used, drawn at random with ``seed``. Memorization is left out
     when the generated rolls *are* the training split (the real-vs-real ceiling).
     """
+    for path in (generated, reference):
+        if not Path(path).exists():
+            raise ApolloError(f"{path}: no such file or folder")
     ref = load_rolls(reference, split=split)
     gen = load_rolls(generated, split=generated_split, grid=ref.grid, n_steps=ref.n_steps)
     if gen.rolls[0].cells.shape != ref.rolls[0].cells.shape:
