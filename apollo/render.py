@@ -54,6 +54,9 @@ PEAK_DBFS = -1.0  # level of the loudest sample after normalization
 TAIL_MAX_SECONDS = 5.0  # release and reverb tails are kept up to this long after the last event
 TAIL_FLOOR_DB = -60.0  # ... and stop earlier once they fall this far below the piece's peak
 TAIL_BLOCK_SECONDS = 0.05  # the tail is checked against the floor in blocks of this length
+# FluidSynth's reverb leaves noise near 1e-8 in silence (about -150 dB below its notes); a buffer whose
+# peak stays under this floor is silence, written as zeros rather than amplified to -1 dBFS.
+SILENCE = 1e-6
 DRUM_CHANNEL = 9  # General MIDI channel 10 (counted from 0): percussion, never overridden
 IN_MEMORY_BYTES = 256 << 20  # a longer float buffer lives in a temporary file instead of RAM
 SAMPLE_RATES = (8000, 96000)  # what FluidSynth accepts
@@ -373,7 +376,7 @@ def _tail(synth: _Synth, audio: np.ndarray, start: int, sample_rate: int) -> tup
         block_peak = _peak(audio[frame:stop])
         frame = stop
         # Stop once the tail is inaudible next to the loudest moment of the piece (or truly silent).
-        if block_peak <= max(peak, 1e-9) * 10 ** (TAIL_FLOOR_DB / 20):
+        if block_peak <= max(peak * 10 ** (TAIL_FLOOR_DB / 20), SILENCE):
             break
         peak = max(peak, block_peak)
     return frame - start, peak
@@ -390,7 +393,7 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int, peak: float, chu
     Returns the level of the loudest sample written, in dBFS.
     """
     # Scale so the loudest sample lands on PEAK_DBFS; below full scale, rounding can never clip.
-    gain = 10 ** (PEAK_DBFS / 20) * 32767 / peak if peak > 0 else 0.0
+    gain = 10 ** (PEAK_DBFS / 20) * 32767 / peak if peak > SILENCE else 0.0
     top = 0
     with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as wav:
         wav.setnchannels(2)

@@ -1,0 +1,363 @@
+"""New pieces from a trained generator: MIDI for any instrument, with a WAV and a PNG beside it.
+
+The model is, in this order: ``checkpoint`` (a training ``.pt`` or an exported ``.safetensors``;
+``"bundled"`` names the model that ships inside the package), else the best (or last) checkpoint of
+``run``, else the most recent run's under ``runs/``, else the bundled model.
+
+Pieces of any length
+--------------------
+The generator turns noise ``[C, 2, 8]`` into 16 bars, and each noise column drives about two bars
+of the output through convolutions that are the same at every position. A piece of any length is
+therefore read from one long *noise tape* of ``[C, 2, n]`` columns: window ``k`` is the generator's
+output for columns ``6k .. 6k + 8``, so neighbouring windows share two columns (four bars), and in
+that overlap both windows compute the same music except within a column of their own edges.
+The probabilities of each overlap are cross-faded with a raised cosine (the earlier window fading
+out while the later one fades in) before thresholding, which hides what little edge effect there
+is. Every 16-bar stretch of a long piece is thus an ordinary sample of the model (its noise is i.i.d.
+Gaussian like in training), there is no jump at a seam, and a longer piece starts with the shorter
+piece of the same seed: the tape is drawn column by column, so its first columns never change.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from apollo.errors import ApolloError
+from apollo.io import atomic_path, write_json
+from apollo.roll import ENCODINGS, Grid, PianoRoll
+
+if TYPE_CHECKING:  # torch is imported only when a model is loaded
+    import torch
+
+    from apollo.model import Generator
+    from apollo.render import RenderInfo
+
+__all__ = [
+    "BUNDLED_DIR",
+    "BUNDLED_MODEL",
+    "DEFAULT_TEMPO",
+    "GeneratedPiece",
+    "ModelChoice",
+    "ModelSpec",
+    "export_model",
+    "find_model",
+    "generate",
+    "load_model",
+    "numbered_paths",
+    "sample_probabilities",
+    "write_midi",
+]
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+BUNDLED_MODEL = BUNDLED_DIR / "generator.safetensors"
+DEFAULT_TEMPO = 100.0  # beats per minute when the model does not say (the trainer's sample tempo)
+BEATS_PER_BAR = 4  # the datasets are cut in bars of 4/4
+OVERLAP_COLUMNS = 2  # noise columns shared by neighbouring windows (4 bars with the default grid)
+WINDOWS_PER_BATCH = 16  # windows pushed through the generator at once (bounds memory on long pieces)
+
+
+# -- which model ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model file and why it was chosen (printed, so the user knows what made the music)."""
+
+    path: Path
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.source})"
+
+
+def _latest_checkpoint(root: Path) -> Path | None:
+    """The newest run's ``checkpoints/best.pt`` (else ``last.pt``), as ``apollo.train.latest_checkpoint``.
+
+    Kept here rather than imported because importing apollo.train loads the dataset code and the
+    trainer, which ``apollo generate`` must not pay for at start-up; a test checks the two agree.
+    """
+    if not root.is_dir():
+        return None
+    found = []
+    for run in root.iterdir():
+        for name in ("best", "last"):
+            path = run / "checkpoints" / f"{name}.pt"
+            if path.is_file():
+                found.append((path.stat().st_mtime, path))
+                break
+    return max(found)[1] if found else None
+
+
+def _run_checkpoint(run: Path) -> Path:
+    for name in ("best", "last"):
+        path = run / "checkpoints" / f"{name}.pt"
+        if path.is_file():
+            return path
+    if not run.is_dir():
+        raise ApolloError(f"{run}: no such run directory")
+    raise ApolloError(f"{run}: no checkpoints/best.pt or checkpoints/last.pt in this run")
+
+
+def find_model(
+    checkpoint: str | Path | None = None, run: str | Path | None = None, runs_root: str | Path = "runs"
+) -> ModelChoice:
+    """The model file to generate with (see the module doc for the order). Raises ApolloError."""
+    if checkpoint is not None and run is not None:
+        raise ApolloError("give a checkpoint or a run, not both")
+    if checkpoint is not None and str(checkpoint) == "bundled":
+        if not BUNDLED_MODEL.is_file():
+            raise ApolloError(f"the bundled model is not installed ({BUNDLED_MODEL.name} is missing from apollo/bundled/)")
+        return ModelChoice(BUNDLED_MODEL, "the bundled model")
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ApolloError(f"{path}: no such checkpoint")
+        return ModelChoice(path, "--checkpoint")
+    if run is not None:
+        return ModelChoice(_run_checkpoint(Path(run)), f"run {Path(run).name}")
+    latest = _latest_checkpoint(Path(runs_root))
+    if latest is not None:
+        return ModelChoice(latest, f"most recent run's {latest.stem} checkpoint")
+    if BUNDLED_MODEL.is_file():
+        return ModelChoice(BUNDLED_MODEL, "the bundled model: no run under runs/")
+    raise ApolloError(
+        f"no model to generate with: no run under {runs_root}/ and the bundled model is not installed; "
+        "train one with `apollo train` or pass --checkpoint FILE"
+    )
+
+
+# -- what the model makes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a generator's output means: its grid, encoding, window length and usual tempo."""
+
+    grid: Grid
+    encoding: str
+    n_steps: int  # steps in one generated window
+    tempo: float
+
+    @property
+    def steps_per_bar(self) -> int:
+        return BEATS_PER_BAR * self.grid.steps_per_beat
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> ModelSpec:
+        """Read a checkpoint's metadata; what a file leaves out falls back to the model's own shape."""
+        model = meta.get("model_config", {})
+        data = meta.get("dataset_config") or {}
+        grid = Grid(**{"n_pitches": model.get("n_pitches", 64), **data.get("grid", {})})
+        planes = model.get("roll_channels", 2)
+        encoding = data.get("encoding") or ("onset" if planes == 2 else "plain")
+        if ENCODINGS.get(encoding) != planes:
+            raise ApolloError(f"the model makes {planes} plane(s) but its metadata names encoding {encoding!r}")
+        tempo = float(meta.get("tempo") or data.get("tempo") or DEFAULT_TEMPO)
+        return cls(grid, encoding, int(data.get("n_steps") or model.get("n_steps", 256)), tempo)
+
+
+def load_model(choice: ModelChoice) -> tuple[Generator, ModelSpec]:
+    """The generator (CPU, eval mode) and its spec. Never runs code stored in the file."""
+    from apollo.checkpoint import load_generator
+
+    generator, meta = load_generator(choice.path)
+    return generator, ModelSpec.from_meta(meta)
+
+
+def noise_tape(generator: Generator, n_columns: int, seed: int) -> torch.Tensor:
+    """Noise ``[C, H, n_columns]`` drawn column by column, so its first columns never depend on its length."""
+    import torch
+
+    rng = torch.Generator().manual_seed(seed)
+    channels, height, _ = generator.config.noise_shape
+    return torch.stack([torch.randn(channels, height, generator=rng) for _ in range(n_columns)], dim=-1)
+
+
+def sample_probabilities(generator: Generator, n_steps: int, seed: int) -> np.ndarray:
+    """Cell probabilities ``[channels, n_pitches, n_steps]`` of one piece of any length (module doc)."""
+    import torch
+
+    _, _, width = generator.config.noise_shape
+    window = generator.config.n_steps
+    steps_per_column = window // width
+    overlap_columns = min(OVERLAP_COLUMNS, width - 1)
+    hop_columns = width - overlap_columns
+    hop, overlap = hop_columns * steps_per_column, overlap_columns * steps_per_column
+    n_windows = 1 + max(0, math.ceil((n_steps - window) / hop))
+    tape = noise_tape(generator, width + (n_windows - 1) * hop_columns, seed)
+    windows = torch.stack([tape[..., k * hop_columns : k * hop_columns + width] for k in range(n_windows)])
+
+    with torch.inference_mode():
+        probs = torch.cat([generator(batch) for batch in windows.split(WINDOWS_PER_BATCH)]).numpy()
+
+    # Raised-cosine cross-fade: in each overlap the fade-out and fade-in weights sum to exactly 1.
+    fade_in = (0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)).astype(np.float32)
+    total = window + (n_windows - 1) * hop
+    out = np.zeros((*probs.shape[1:3], total), dtype=np.float32)
+    for k, p in enumerate(probs):
+        weight = np.ones(window, dtype=np.float32)
+        if k > 0:
+            weight[:overlap] = fade_in
+        if k < n_windows - 1:
+            weight[-overlap:] = fade_in[::-1]
+        out[..., k * hop : k * hop + window] += p * weight
+    return out[..., :n_steps]
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def numbered_paths(out: str | Path, n: int) -> list[Path]:
+    """``out`` itself for one piece; ``out-01.mid, out-02.mid, ...`` beside it for several."""
+    out = Path(out)
+    if n == 1:
+        return [out]
+    digits = max(2, len(str(n)))
+    return [out.with_name(f"{out.stem}-{i:0{digits}d}{out.suffix}") for i in range(1, n + 1)]
+
+
+def write_midi(roll: PianoRoll, path: Path, *, program: int) -> None:
+    """The roll as a MIDI file that lasts all of its steps, trailing rests included.
+
+    ``PianoRoll.to_midi`` ends the track at the last note; a piece of 16 bars should last 16 bars
+    (and its WAV as long), so the end-of-track event is moved to the end of the last step.
+    """
+    midi = roll.to_midi(None, program=program)
+    track = midi.tracks[0]
+    end = round(roll.n_steps / roll.grid.steps_per_beat * midi.ticks_per_beat)
+    short = end - sum(message.time for message in track)
+    if short > 0 and track and track[-1].type == "end_of_track":
+        track[-1] = track[-1].copy(time=track[-1].time + short)
+    with atomic_path(path) as tmp:
+        midi.save(tmp)
+
+
+@dataclass
+class GeneratedPiece:
+    """One generated piece and the files written for it."""
+
+    midi: Path
+    seed: int
+    bars: int
+    seconds: float
+    n_notes: int
+    program: int
+    wav: Path | None = None
+    png: Path | None = None
+    render_info: RenderInfo | None = None  # how the WAV was rendered, when one was
+
+
+@dataclass
+class GenerateResult:
+    """Everything :func:`generate` did: the model, the seed and the pieces."""
+
+    model: ModelChoice
+    seed: int
+    tempo: float
+    pieces: list[GeneratedPiece] = field(default_factory=list)
+
+
+def generate(
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    run: str | Path | None = None,
+    instrument: int = 0,
+    n: int = 1,
+    seed: int | None = None,
+    bars: int | None = None,
+    tempo: float | None = None,
+    threshold: float = 0.5,
+    wav: bool = False,
+    png: bool = False,
+    soundfont: str | Path | None = None,
+    sample_rate: int = 44100,
+    runs_root: str | Path = "runs",
+) -> GenerateResult:
+    """Generate ``n`` pieces as MIDI files at ``out`` (numbered beside it when ``n > 1``).
+
+    Piece ``i`` (from 0) is made from seed ``seed + i``, so one seed always gives the same files;
+    without a seed a random one is drawn (and returned). ``bars`` defaults to one window of the
+    model (16 bars). ``instrument`` is a General MIDI program; the MIDI carries it and the tempo.
+    ``wav`` renders each piece beside its MIDI file exactly as ``apollo render`` does; ``png``
+    saves its piano roll. Raises ApolloError with a one-line message.
+    """
+    if n < 1:
+        raise ApolloError(f"--n must be at least 1, got {n}")
+    if not 0 < threshold < 1:
+        raise ApolloError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
+    if bars is not None and bars < 1:
+        raise ApolloError(f"--bars must be at least 1, got {bars}")
+    if tempo is not None and not 10 <= tempo <= 400:
+        raise ApolloError(f"--tempo must lie in 10..400 beats per minute, got {tempo}")
+    if not 0 <= instrument <= 127:
+        raise ApolloError(f"instrument program {instrument} is outside 0..127")
+    if Path(out).suffix.lower() not in (".mid", ".midi"):
+        raise ApolloError(f"{out}: the output should be a .mid file")
+    choice = find_model(checkpoint, run, runs_root)
+    generator, spec = load_model(choice)
+    seed = secrets.randbelow(1_000_000) if seed is None else seed
+    tempo = spec.tempo if tempo is None else tempo
+    bars = bars or max(1, spec.n_steps // spec.steps_per_bar)
+    n_steps = bars * spec.steps_per_bar
+
+    result = GenerateResult(choice, seed, tempo)
+    for i, midi_path in enumerate(numbered_paths(out, n)):
+        probs = sample_probabilities(generator, n_steps, seed + i)
+        roll = PianoRoll.decode(probs, spec.encoding, spec.grid, tempo=tempo, threshold=threshold)
+        write_midi(roll, midi_path, program=instrument)
+        piece = GeneratedPiece(midi_path, seed + i, bars, roll.seconds, roll.n_notes, instrument)
+        if png:
+            from apollo.image import save_png
+
+            piece.png = save_png(roll, midi_path.with_suffix(".png"))
+        if wav:
+            from apollo.render import render
+
+            piece.render_info = render(midi_path, midi_path.with_suffix(".wav"), soundfont=soundfont, sample_rate=sample_rate)
+            piece.wav = piece.render_info.wav_path
+        result.pieces.append(piece)
+    return result
+
+
+# -- packaging a model ---------------------------------------------------------------------------
+
+
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path = BUNDLED_MODEL,
+    *,
+    provenance: dict | None = None,
+    tempo: float | None = None,
+    half: bool = False,
+) -> Path:
+    """Export a training checkpoint's generator as safetensors (the bundled model's format).
+
+    Writes ``out`` and, beside it, ``<stem>.json`` with the provenance (command, seed, run
+    summary...). ``half`` stores the weights as float16, halving the file; they are read back
+    into float32. ``tempo`` records the tempo `apollo generate` should use by default.
+    """
+    import torch
+
+    from apollo.checkpoint import load_generator, save_generator
+
+    generator, meta = load_generator(checkpoint)
+    spec = ModelSpec.from_meta(meta)
+    out = Path(out)
+    extra = {
+        "tempo": spec.tempo if tempo is None else tempo,
+        "provenance": {"source_checkpoint": Path(checkpoint).name, "step": meta.get("step"), **(provenance or {})},
+    }
+    meta = {k: v for k, v in meta.items() if k not in ("model_config", "apollo_version")} | extra
+    if half:
+        generator = generator.to(torch.float16)
+    save_generator(out, generator, meta)
+    write_json(out.with_suffix(".json"), {**meta, "model_config": generator.config.to_dict(), "half": half})
+    return out

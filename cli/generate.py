@@ -1,0 +1,60 @@
+"""`apollo generate`: a thin wrapper over apollo.generate.
+
+torch is imported only when the command runs (not for ``--help``), through apollo.generate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from apollo.cli.render import INSTRUMENT, describe, soundfont_option
+from apollo.instruments import instrument_name
+
+
+@click.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--checkpoint", metavar="FILE|bundled",
+              help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
+              "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model.")
+@click.option("--run", type=click.Path(file_okay=False, path_type=Path), help="Use this run's best (else last) checkpoint.")
+@click.option("--instrument", type=INSTRUMENT, default="piano", show_default=True,
+              help="General MIDI name, alias or program number (see `apollo instruments`).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Pieces to generate; several are numbered beside OUT (out-01.mid, ...).")
+@click.option("--seed", type=click.IntRange(min=0), help="Same seed, same files. Default: random (printed).")
+@click.option("--bars", type=click.IntRange(min=1), help="Length in bars of 4/4. Default: one window of the model (16).")
+@click.option("--tempo", type=click.FloatRange(10, 400), help="Beats per minute. Default: the model's (else 100).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
+              help="A cell sounds where its probability is above this; lower gives more notes.")
+@click.option("--wav", is_flag=True, help="Also render each piece to a WAV beside it (as `apollo render`).")
+@click.option("--png", is_flag=True, help="Also save each piece's piano roll as a PNG beside it.")
+@soundfont_option
+def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int, n: int, seed: int | None,
+             bars: int | None, tempo: float | None, threshold: float, wav: bool, png: bool,
+             soundfont: Path | None) -> None:
+    """Generate new music as the MIDI file OUT (and a WAV and PNG beside it).
+
+    \b
+    Example:
+        apollo generate --instrument violin --bars 32 --wav out.mid
+    """
+    from apollo.generate import generate as generate_pieces
+
+    if checkpoint is not None and run is not None:
+        raise click.UsageError("give --checkpoint or --run, not both")
+    result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, n=n, seed=seed, bars=bars,
+                             tempo=tempo, threshold=threshold, wav=wav, png=png, soundfont=soundfont)
+    click.echo(f"Model: {result.model}")
+    seeds = f"{result.seed}" if n == 1 else f"{result.seed}..{result.seed + n - 1} (one per piece)"
+    click.echo(f"Seed: {seeds}; --seed {result.seed} makes the same files again")
+    for piece in result.pieces:
+        click.echo(f"Wrote {piece.midi}: {piece.bars} bars, {piece.seconds:.1f} s at {result.tempo:g} BPM, "
+                   f"{piece.n_notes} notes, {instrument_name(piece.program)}")
+        if piece.n_notes == 0:
+            click.echo(f"warning: {piece.midi} has no notes (try a lower --threshold)", err=True)
+        if piece.png:
+            click.echo(f"Wrote {piece.png}")
+        if piece.render_info:
+            click.echo(f"Wrote {describe(piece.render_info)}")
