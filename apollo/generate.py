@@ -6,16 +6,19 @@ The model is, in this order: ``checkpoint`` (a training ``.pt`` or an exported `
 
 Pieces of any length
 --------------------
-The generator turns noise ``[C, 2, 8]`` into 16 bars, and each noise column drives about two bars
-of the output through convolutions that are the same at every position. A piece of any length is
+The generator turns noise ``[C, 2, 8]`` into 16 bars, and each noise column drives two bars of the
+output through convolutions that are the same at every position. A piece of any length is
 therefore read from one long *noise tape* of ``[C, 2, n]`` columns: window ``k`` is the generator's
-output for columns ``6k .. 6k + 8``, so neighbouring windows share two columns (four bars), and in
-that overlap both windows compute the same music except within a column of their own edges.
-The probabilities of each overlap are cross-faded with a raised cosine (the earlier window fading
-out while the later one fades in) before thresholding, which hides what little edge effect there
-is. Every 16-bar stretch of a long piece is thus an ordinary sample of the model (its noise is i.i.d.
-Gaussian like in training), there is no jump at a seam, and a longer piece starts with the shorter
-piece of the same seed: the tape is drawn column by column, so its first columns never change.
+output for columns ``4k .. 4k + 8``, so neighbouring windows share four columns (eight bars). Inside
+that overlap both windows compute the same music, except in the one column at each window's edge,
+where the convolutions' zero padding stands in for the neighbouring noise. So each window's edge
+column is given weight 0, and across the two middle columns of the overlap the earlier window fades
+out while the later one fades in (raised cosine, weights summing to 1), on the probabilities,
+before thresholding. For Apollo's fully convolutional generator the result equals one pass over the
+whole tape (a test checks it to 1e-5): there is no seam to hear, every 16-bar stretch of a long piece
+is an ordinary sample of the model (its noise is i.i.d. Gaussian as in training), and a generator
+that were not translation-equivariant would still get a smooth cross-fade. The tape is drawn column
+by column, so a longer piece starts with the shorter piece of the same seed.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_MODEL = BUNDLED_DIR / "generator.safetensors"
 DEFAULT_TEMPO = 100.0  # beats per minute when the model does not say (the trainer's sample tempo)
 BEATS_PER_BAR = 4  # the datasets are cut in bars of 4/4
-OVERLAP_COLUMNS = 2  # noise columns shared by neighbouring windows (4 bars with the default grid)
+OVERLAP_COLUMNS = 4  # noise columns shared by neighbouring windows (8 bars with the default grid)
+EDGE_COLUMNS = 1  # columns at a window's edge that zero padding changes; never used inside a piece
 WINDOWS_PER_BATCH = 16  # windows pushed through the generator at once (bounds memory on long pieces)
 
 
@@ -186,10 +190,11 @@ def sample_probabilities(generator: Generator, n_steps: int, seed: int) -> np.nd
 
     _, _, width = generator.config.noise_shape
     window = generator.config.n_steps
-    steps_per_column = window // width
+    column = window // width  # steps per noise column
     overlap_columns = min(OVERLAP_COLUMNS, width - 1)
+    edge_columns = min(EDGE_COLUMNS, (overlap_columns - 1) // 2)
     hop_columns = width - overlap_columns
-    hop, overlap = hop_columns * steps_per_column, overlap_columns * steps_per_column
+    hop, overlap, edge = hop_columns * column, overlap_columns * column, edge_columns * column
     n_windows = 1 + max(0, math.ceil((n_steps - window) / hop))
     tape = noise_tape(generator, width + (n_windows - 1) * hop_columns, seed)
     windows = torch.stack([tape[..., k * hop_columns : k * hop_columns + width] for k in range(n_windows)])
@@ -197,8 +202,11 @@ def sample_probabilities(generator: Generator, n_steps: int, seed: int) -> np.nd
     with torch.inference_mode():
         probs = torch.cat([generator(batch) for batch in windows.split(WINDOWS_PER_BATCH)]).numpy()
 
-    # Raised-cosine cross-fade: in each overlap the fade-out and fade-in weights sum to exactly 1.
-    fade_in = (0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)).astype(np.float32)
+    # Each window's weight: 0 on its inner edge column, a raised-cosine ramp across the middle of
+    # the overlap, 1 elsewhere; a fade-out and the next window's fade-in always sum to exactly 1.
+    fade = overlap - 2 * edge
+    ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)).astype(np.float32)
+    fade_in = np.concatenate([np.zeros(edge, np.float32), ramp, np.ones(edge, np.float32)])
     total = window + (n_windows - 1) * hop
     out = np.zeros((*probs.shape[1:3], total), dtype=np.float32)
     for k, p in enumerate(probs):

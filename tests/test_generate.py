@@ -1,0 +1,264 @@
+"""`apollo generate`: model choice, files, seeds, long pieces, safe loading, the bundled model path."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from apollo import generate as generate_module
+from apollo.checkpoint import load_generator, save_checkpoint, save_generator
+from apollo.cli.main import cli
+from apollo.errors import ApolloError
+from apollo.generate import export_model, find_model, noise_tape, numbered_paths, sample_probabilities
+from apollo.model import Generator, ModelConfig
+
+DATASET_CONFIG = {"grid": {"lowest_pitch": 30, "n_pitches": 64, "steps_per_beat": 4}, "encoding": "onset", "n_steps": 256}
+SECONDS_PER_BAR = 4 * 60 / 100  # 4/4 at the default tempo of 100 BPM
+
+
+def tiny_generator() -> Generator:
+    """A small untrained generator whose weights are scaled so that it writes a few notes per bar."""
+    torch.manual_seed(0)
+    generator = Generator(ModelConfig(width=4)).eval()
+    with torch.no_grad():
+        for module in generator.modules():
+            if isinstance(module, torch.nn.ConvTranspose2d):
+                module.weight.normal_(0, 2 / math.sqrt(4 * module.in_channels))
+        generator.net[-1].bias.copy_(torch.tensor([-9.0, -3.0]))  # sparse notes, few re-onsets
+    return generator
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """The same tiny generator as a training checkpoint (.pt) and as an export (.safetensors)."""
+    folder = tmp_path_factory.mktemp("models")
+    generator = tiny_generator()
+    save_generator(folder / "tiny.safetensors", generator, {"dataset_config": DATASET_CONFIG})
+    save_checkpoint(folder / "tiny.pt", {"generator": generator.state_dict(), "model_config": generator.config.to_dict(),
+                                         "dataset_config": DATASET_CONFIG, "step": 7})
+    return {"pt": folder / "tiny.pt", "safetensors": folder / "tiny.safetensors"}
+
+
+@pytest.fixture
+def no_bundled(monkeypatch, tmp_path):
+    """No bundled model installed (whatever ships in the package)."""
+    monkeypatch.setattr(generate_module, "BUNDLED_MODEL", tmp_path / "bundled" / "generator.safetensors")
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(cli, ["generate", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def program_and_tempo(path: Path) -> tuple[list[int], list[float]]:
+    midi = mido.MidiFile(path)
+    messages = [m for track in midi.tracks for m in track]
+    programs = [m.program for m in messages if m.type == "program_change"]
+    tempos = [round(mido.tempo2bpm(m.tempo), 3) for m in messages if m.type == "set_tempo"]
+    return programs, tempos
+
+
+@pytest.mark.parametrize("kind", ["pt", "safetensors"])
+def test_generate_from_checkpoint_and_export(models, tmp_path, kind):
+    out = tmp_path / f"{kind}.mid"
+    output = run("--checkpoint", models[kind], "--instrument", "violin", "--seed", 3, out)
+    assert f"Wrote {out}: 16 bars" in output and "Violin" in output and "Seed: 3" in output
+    assert program_and_tempo(out) == ([40], [100.0])
+    midi = mido.MidiFile(out)
+    assert sum(m.type == "note_on" and m.velocity > 0 for m in midi.tracks[0]) > 20
+    assert midi.length == pytest.approx(16 * SECONDS_PER_BAR)
+
+
+def test_pt_and_safetensors_of_one_model_give_the_same_file(models, tmp_path):
+    run("--checkpoint", models["pt"], "--seed", 5, tmp_path / "a.mid")
+    run("--checkpoint", models["safetensors"], "--seed", 5, tmp_path / "b.mid")
+    assert (tmp_path / "a.mid").read_bytes() == (tmp_path / "b.mid").read_bytes()
+
+
+def test_same_seed_same_bytes_other_seed_other_music(models, tmp_path):
+    for name in ("a", "b"):
+        run("--checkpoint", models["pt"], "--seed", 11, "--png", "--tempo", 90, "--instrument", "sax", tmp_path / f"{name}.mid")
+    for suffix in (".mid", ".png"):
+        assert (tmp_path / f"a{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes()
+    assert program_and_tempo(tmp_path / "a.mid") == ([65], [90.0])
+    run("--checkpoint", models["pt"], "--seed", 12, tmp_path / "c.mid")
+    assert (tmp_path / "c.mid").read_bytes() != (tmp_path / "a.mid").read_bytes()
+
+
+def test_random_seed_is_printed_and_reproduces(models, tmp_path):
+    output = run("--checkpoint", models["pt"], tmp_path / "a.mid")
+    seed = int(output.split("Seed: ")[1].split(";")[0])
+    run("--checkpoint", models["pt"], "--seed", seed, tmp_path / "b.mid")
+    assert (tmp_path / "a.mid").read_bytes() == (tmp_path / "b.mid").read_bytes()
+
+
+def test_n_writes_numbered_files_in_a_new_folder(models, tmp_path):
+    out = tmp_path / "new" / "folder" / "piece.mid"
+    output = run("--checkpoint", models["pt"], "--n", 3, "--seed", 20, "--png", out)
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["piece-01.mid", "piece-01.png", "piece-02.mid", "piece-02.png", "piece-03.mid", "piece-03.png"]
+    assert all(f"Wrote {out.parent / f'piece-0{i}.mid'}" in output for i in (1, 2, 3))
+    # Piece i is the single piece of seed + i.
+    run("--checkpoint", models["pt"], "--seed", 21, tmp_path / "single.mid")
+    assert (out.parent / "piece-02.mid").read_bytes() == (tmp_path / "single.mid").read_bytes()
+    assert numbered_paths("x/out.mid", 100)[0] == Path("x/out-001.mid")
+
+
+@pytest.mark.parametrize("bars", [5, 40])
+def test_bars_sets_the_length(models, tmp_path, bars):
+    out = tmp_path / "long.mid"
+    run("--checkpoint", models["pt"], "--bars", bars, "--seed", 1, out)
+    assert mido.MidiFile(out).length == pytest.approx(bars * SECONDS_PER_BAR)
+
+
+def test_long_pieces_have_no_seams_and_extend_shorter_ones(models):
+    generator, _ = load_generator(models["pt"])
+    steps = 40 * 16  # 40 bars: four windows, 20 noise columns
+    long = sample_probabilities(generator, steps, seed=4)
+    assert long.shape == (2, 64, steps)
+    # The windows agree where they overlap, so the piece equals one pass of the (convolutional)
+    # generator over the whole noise tape: nothing changes abruptly at a seam.
+    with torch.inference_mode():
+        whole = generator(noise_tape(generator, steps // 32, seed=4)[None])[0].numpy()
+    assert np.abs(long - whole)[..., : steps - 32].max() < 1e-5  # the last column: the tape's own edge
+    # A longer piece starts with the shorter piece of the same seed.
+    short = sample_probabilities(generator, 256, seed=4)
+    assert np.abs(long[..., :224] - short[..., :224]).max() < 1e-5
+
+
+def test_wav_is_rendered_beside_with_the_instrument(models, tmp_path):
+    out = tmp_path / "song.mid"
+    output = run("--checkpoint", models["pt"], "--instrument", "flute", "--bars", 2, "--seed", 2, "--wav", out)
+    assert f"Wrote {out.with_suffix('.wav')}" in output and "Flute" in output
+    with wave.open(str(out.with_suffix(".wav"))) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth()) == (2, 2)
+        assert wav.getnframes() / wav.getframerate() >= 2 * SECONDS_PER_BAR
+
+
+class Trap:
+    """Unpickling this would create a file: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_booby_trapped_checkpoint_is_refused_without_running_it(tmp_path, writer):
+    marker, trap = tmp_path / "pwned", tmp_path / "trap.pt"
+    state = {"generator": Trap(marker), "model_config": ModelConfig(width=4).to_dict()}
+    if writer == "torch.save":
+        torch.save(state, trap)
+    else:
+        trap.write_bytes(pickle.dumps(state, protocol=2))
+    assert not marker.exists()
+    result = CliRunner().invoke(cli, ["generate", "--checkpoint", str(trap), str(tmp_path / "x.mid")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {trap}: ") and result.output.count("\n") == 1
+    assert not marker.exists()
+    assert not (tmp_path / "x.mid").exists()
+
+
+def test_model_choice_order(models, tmp_path, monkeypatch, no_bundled):
+    runs = tmp_path / "runs"
+    # Nothing at all: one line that says what to do.
+    with pytest.raises(ApolloError, match="no model to generate with.*apollo train"):
+        find_model(runs_root=runs)
+    with pytest.raises(ApolloError, match="bundled model is not installed"):
+        find_model("bundled", runs_root=runs)
+    # The bundled model when there is no run, or when asked for.
+    monkeypatch.setattr(generate_module, "BUNDLED_MODEL", models["safetensors"])
+    assert find_model(runs_root=runs).path == models["safetensors"]
+    # A run: its best checkpoint, else its last; the most recent run by default.
+    for name, which, age in (("old", "best", 100), ("new", "last", 0)):
+        (runs / name / "checkpoints").mkdir(parents=True)
+        path = runs / name / "checkpoints" / f"{which}.pt"
+        path.write_bytes(models["pt"].read_bytes())
+        os.utime(path, (path.stat().st_atime - age,) * 2)
+    assert find_model(runs_root=runs).path == runs / "new" / "checkpoints" / "last.pt"
+    assert find_model(run=runs / "old", runs_root=runs).path == runs / "old" / "checkpoints" / "best.pt"
+    assert find_model("bundled", runs_root=runs).path == models["safetensors"]
+    assert find_model(models["pt"], runs_root=runs).source == "--checkpoint"
+    with pytest.raises(ApolloError, match="no checkpoints/best.pt or checkpoints/last.pt"):
+        (runs / "empty").mkdir()
+        find_model(run=runs / "empty")
+    with pytest.raises(ApolloError, match="nope.pt: no such checkpoint"):
+        find_model(tmp_path / "nope.pt")
+
+
+def test_latest_checkpoint_matches_the_trainer(models, tmp_path):
+    train = pytest.importorskip("apollo.train")
+    runs = tmp_path / "runs"
+    for name, which in (("a", "best"), ("b", "last"), ("c", "best")):
+        (runs / name / "checkpoints").mkdir(parents=True)
+        (runs / name / "checkpoints" / f"{which}.pt").write_bytes(b"x")
+    assert generate_module._latest_checkpoint(runs) == train.latest_checkpoint(runs)
+
+
+def test_default_model_from_the_command_line(models, tmp_path, monkeypatch, no_bundled):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["generate", "out.mid"])
+    assert result.exit_code == 1 and "no model to generate with" in result.output
+    monkeypatch.setattr(generate_module, "BUNDLED_MODEL", models["safetensors"])
+    assert "(the bundled model: no run under runs/)" in run("--seed", 0, "a.mid")
+    assert "(the bundled model)" in run("--checkpoint", "bundled", "--seed", 0, "b.mid")
+    assert (tmp_path / "a.mid").read_bytes() == (tmp_path / "b.mid").read_bytes()
+
+
+def test_export_model_for_bundling(models, tmp_path):
+    out = tmp_path / "bundled" / "generator.safetensors"
+    export_model(models["pt"], out, provenance={"command": "apollo train --steps 7", "seed": 0}, tempo=84)
+    generator, meta = load_generator(out)
+    assert meta["tempo"] == 84 and meta["provenance"]["command"] == "apollo train --steps 7"
+    assert meta["provenance"]["step"] == 7 and meta["dataset_config"] == DATASET_CONFIG
+    assert '"source_checkpoint": "tiny.pt"' in out.with_suffix(".json").read_text()
+    # Same weights: the export generates the checkpoint's music (at the tempo it records).
+    run("--checkpoint", models["pt"], "--seed", 9, "--tempo", 84, tmp_path / "a.mid")
+    run("--checkpoint", out, "--seed", 9, tmp_path / "b.mid")
+    assert (tmp_path / "a.mid").read_bytes() == (tmp_path / "b.mid").read_bytes()
+    # float16 halves the file and still loads (into float32).
+    half = export_model(models["pt"], tmp_path / "half.safetensors", half=True)
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    assert next(load_generator(half)[0].parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--instrument", "violn"], "did you mean: Violin"),
+        (["--threshold", "1.5"], "--threshold"),
+        (["--n", "0"], "--n"),
+        (["--checkpoint", "x.pt", "--run", "runs/x"], "not both"),
+    ],
+)
+def test_bad_options(args, message, tmp_path):
+    result = CliRunner().invoke(cli, ["generate", *args, str(tmp_path / "x.mid")])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_generate_stays_lean(models, tmp_path):
+    """The start-up budget: no music21, TensorBoard, dataset or trainer code behind `apollo generate`."""
+    code = f"""
+import sys
+from click.testing import CliRunner
+from apollo.cli.main import cli
+result = CliRunner().invoke(cli, ["generate", "--checkpoint", {str(models['pt'])!r}, {str(tmp_path / 'x.mid')!r}])
+assert result.exit_code == 0, result.output
+heavy = [m for m in ("music21", "tensorboard", "apollo.dataset", "apollo.train", "PIL") if m in sys.modules]
+assert not heavy, heavy
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
