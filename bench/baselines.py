@@ -1,0 +1,150 @@
+"""The reference rows of docs/results.md: the real-vs-real ceiling and the two baselines.
+
+Every row goes through :func:`apollo.evaluate.evaluate_paths`, the code behind ``apollo evaluate``:
+
+- ceiling: ``n`` chunks of the training split measured against the validation split, i.e. what a
+  model that reproduced the training distribution perfectly would score (memorization is not
+  measured: these *are* training chunks);
+- random: density-matched random rolls (:func:`apollo.markov.random_rolls`), written as MIDI;
+- markov: a first-order Markov chain fitted on the training split (:class:`apollo.markov.MarkovChain`),
+  sampled and written as MIDI.
+
+Each row is measured for several seeds (a different draw of the ``n`` rolls each time); the
+tables give the mean over seeds and, for mean OA, the spread (min..max). Usage::
+
+    python bench/baselines.py datasets/bach-chorales -o out/baselines
+    python bench/baselines.py datasets/bach-chorales -o out/baselines-64 -n 64
+
+It writes ``<row>-seed<k>/`` MIDI folders, ``<row>-seed<k>.json`` reports (the layout of
+``apollo evaluate --json``) and ``tables.md``, and prints the tables. Each baseline folder can be
+measured again with ``apollo evaluate OUT/markov-seed0 --reference DATASET --limit N --seed 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from apollo.dataset import RollDataset
+from apollo.evaluate import CHECKED, evaluate_paths
+from apollo.io import write_json
+from apollo.markov import MarkovChain, random_rolls
+from apollo.mgeval import FEATURES
+
+ROWS = ("ceiling", "random", "markov")
+SHORT = {
+    "empty_bar_rate": "EB",
+    "used_pitch_classes": "UPC",
+    "qualified_note_rate": "QN",
+    "polyphony": "poly",
+    "polyphony_rate": "PR",
+    "pitch_class_entropy": "PCE",
+    "scale_consistency": "scale",
+    "groove_consistency": "groove",
+    "pitch_range": "range",
+    "note_density": "notes/bar",
+    "diversity": "div",
+}
+
+
+def write_midi(rolls, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, roll in enumerate(rolls):
+        roll.to_midi(folder / f"{i:04d}.mid")
+    return folder
+
+
+def measure(dataset: Path, out: Path, n: int, seeds: list[int]) -> dict[str, list[dict]]:
+    train = RollDataset(dataset, split="train").rolls()
+    n_steps = train[0].n_steps
+    t0 = time.perf_counter()
+    chain = MarkovChain.fit(train)
+    print(f"markov: {chain.n_states} states from {len(train)} training chunks in {time.perf_counter() - t0:.1f} s")
+    reports: dict[str, list[dict]] = {row: [] for row in ROWS}
+    for seed in seeds:
+        for row in ROWS:
+            t0 = time.perf_counter()
+            if row == "ceiling":
+                generated = dataset  # its train split, n chunks drawn with this seed
+            elif row == "random":
+                generated = write_midi(random_rolls(n, train, n_steps, seed=seed), out / f"{row}-seed{seed}")
+            else:
+                generated = write_midi(chain.sample(n, n_steps, seed=seed), out / f"{row}-seed{seed}")
+            rep = evaluate_paths(generated, dataset, split="val", limit=n, seed=seed)
+            rep["row"] = row
+            write_json(out / f"{row}-seed{seed}.json", rep)
+            reports[row].append(rep)
+            print(f"{row:8s} seed {seed}: mean OA {rep['values']['mean_oa']:.3f} ({time.perf_counter() - t0:.1f} s)")
+    return reports
+
+
+def _mean(reports: list[dict], key: str) -> float | None:
+    values = [r["values"].get(key) for r in reports]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def tables(reports: dict[str, list[dict]]) -> str:
+    """Markdown: the headline table, the musical metrics, and OA per feature."""
+    first = reports["ceiling"][0]
+    n_gen, n_ref = first["generated"]["n"], first["reference"]["n"]
+    lines = [
+        f"{n_gen} generated rolls per seed against {n_ref} validation rolls; "
+        f"seeds {', '.join(str(r['seed']) for r in reports['ceiling'])}; mean over seeds.",
+        "",
+        "| row | mean OA (min..max) | metrics within 10 % | diversity | near-duplicates | memorization (max overlap) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, reps in reports.items():
+        oas = [r["values"]["mean_oa"] for r in reps]
+        within = np.mean([sum(c["within_tolerance"] for c in r["checks"].values()) for r in reps])
+        memo = _mean(reps, "memorization_rate")
+        memo_cell = "not measured" if memo is None else f"{memo:.3f} ({_cell(_mean(reps, 'max_training_overlap'), 2)})"
+        lines.append(
+            f"| {row} | {np.mean(oas):.3f} ({min(oas):.3f}..{max(oas):.3f}) | {within:.1f} / {len(CHECKED)} | "
+            f"{_cell(_mean(reps, 'diversity'))} | {_cell(_mean(reps, 'near_duplicate_rate'))} | {memo_cell} |"
+        )
+    real_memo = _mean(reports["markov"], "real/memorization_rate")
+    lines.append(
+        f"| real (validation) | — | — | {_cell(_mean(reports['ceiling'], 'real/diversity'))} | "
+        f"{_cell(_mean(reports['ceiling'], 'real/near_duplicate_rate'))} | "
+        f"{_cell(real_memo)} ({_cell(_mean(reports['markov'], 'real/max_training_overlap'), 2)}) |"
+    )
+
+    lines += ["", "| row | " + " | ".join(SHORT[m] for m in CHECKED) + " |", "|---" * (len(CHECKED) + 1) + "|"]
+    for row, reps in reports.items():
+        lines.append(f"| {row} | " + " | ".join(_cell(_mean(reps, m), 2) for m in CHECKED) + " |")
+    lines.append("| real (validation) | " + " | ".join(_cell(_mean(reports["ceiling"], f"real/{m}"), 2) for m in CHECKED) + " |")
+
+    lines += ["", "| row | " + " | ".join(FEATURES) + " |", "|---" * (len(FEATURES) + 1) + "|"]
+    for row, reps in reports.items():
+        lines.append(f"| {row} | " + " | ".join(_cell(_mean(reps, f"oa/{f}"), 2) for f in FEATURES) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", type=Path, help="a dataset folder made by apollo preprocess")
+    parser.add_argument("-o", "--out", type=Path, default=Path("out/baselines"))
+    parser.add_argument("-n", type=int, default=256, help="generated rolls per row and seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    reports = measure(args.dataset, args.out, args.n, args.seeds)
+    text = tables(reports)
+    (args.out / "tables.md").write_text(text + "\n")
+    print()
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
