@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from apollo.errors import ApolloError
+from apollo.instruments import instrument_program
 from apollo.io import atomic_path, write_json
 from apollo.roll import ENCODINGS, Grid, PianoRoll
 
@@ -121,6 +122,8 @@ def find_model(
         return ModelChoice(BUNDLED_MODEL, "the bundled model")
     if checkpoint is not None:
         path = Path(checkpoint)
+        if path.is_dir():
+            raise ApolloError(f"{path}: is a folder; give a checkpoint file, or a run folder with --run")
         if not path.is_file():
             raise ApolloError(f"{path}: no such checkpoint")
         return ModelChoice(path, "--checkpoint")
@@ -277,7 +280,7 @@ def generate(
     *,
     checkpoint: str | Path | None = None,
     run: str | Path | None = None,
-    instrument: int = 0,
+    instrument: int | str = 0,
     n: int = 1,
     seed: int | None = None,
     bars: int | None = None,
@@ -293,7 +296,8 @@ def generate(
 
     Piece ``i`` (from 0) is made from seed ``seed + i``, so one seed always gives the same files;
     without a seed a random one is drawn (and returned). ``bars`` defaults to one window of the
-    model (16 bars). ``instrument`` is a General MIDI program; the MIDI carries it and the tempo.
+    model (16 bars). ``instrument`` is a General MIDI name, alias or program (see
+    :mod:`apollo.instruments`); the MIDI carries its program and the tempo.
     ``wav`` renders each piece beside its MIDI file exactly as ``apollo render`` does; ``png``
     saves its piano roll. Raises ApolloError with a one-line message.
     """
@@ -305,8 +309,7 @@ def generate(
         raise ApolloError(f"--bars must be at least 1, got {bars}")
     if tempo is not None and not 10 <= tempo <= 400:
         raise ApolloError(f"--tempo must lie in 10..400 beats per minute, got {tempo}")
-    if not 0 <= instrument <= 127:
-        raise ApolloError(f"instrument program {instrument} is outside 0..127")
+    instrument = instrument_program(instrument)
     if Path(out).suffix.lower() not in (".mid", ".midi"):
         raise ApolloError(f"{out}: the output should be a .mid file")
     choice = find_model(checkpoint, run, runs_root)

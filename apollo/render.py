@@ -149,14 +149,11 @@ def midi_events(path: str | Path) -> MidiEvents:
     """All channel messages of a MIDI file, timed in seconds by its tempo map. Raises MidiError."""
     import mido
 
-    from apollo.midi import check_structure
+    from apollo.midi import check_structure, read_bytes, unwrap_rmid
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise MidiError(f"{path}: cannot read ({error.strerror or error})") from None
-    check_structure(data, path)
+    # The same guards as every MIDI reader in Apollo: size limit, RMID unwrapped, chunk structure.
+    data = check_structure(unwrap_rmid(read_bytes(path), path), path)
     try:
         midi = mido.MidiFile(file=io.BytesIO(data), clip=True)
         if midi.type == 2:
