@@ -262,3 +262,40 @@ def test_cli_on_real_chorales(chorale_dir, tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", str(generated), "-r", str(chorale_dir), "--limit", "16"])
     assert result.exit_code == 0, result.output
     assert "used_pitch_classes" in result.output
+
+
+# -- against a dataset ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chorale_dataset(chorale_dir, tmp_path_factory):
+    from apollo.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("datasets") / "chorales"
+    preprocess(chorale_dir, out, workers=1)
+    return out
+
+
+def test_ceiling_uses_the_training_split_and_skips_memorization(chorale_dataset):
+    rep = evaluate.evaluate_paths(chorale_dataset, chorale_dataset, limit=20)
+    assert rep["generated"]["split"] == "train" and rep["reference"]["split"] == "val"
+    assert rep["training"] is None and "training split" in rep["training_note"]
+    assert rep["values"]["mean_oa"] > 0.5
+
+
+def test_copies_of_training_chunks_are_caught_through_the_cli(chorale_dataset, tmp_path):
+    from apollo.dataset import RollDataset
+
+    train = RollDataset(chorale_dataset, split="train").rolls()
+    samples = MarkovChain.fit(train).sample(6, train[0].n_steps, seed=0)
+    samples += [transposed(train[3], 2), transposed(train[5], -4)]  # two copies, transposed
+    folder = write_midi(tmp_path / "samples", samples)
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(folder), "-r", str(chorale_dataset), "--json", str(tmp_path / "r.json")]
+    )
+    assert result.exit_code == 0, result.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["training"]["n"] == len(train)
+    assert rep["values"]["max_training_overlap"] == pytest.approx(1.0)
+    assert rep["values"]["memorization_rate"] >= 2 / 8
+    assert "memorization rate" in result.output
