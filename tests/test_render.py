@@ -97,6 +97,12 @@ def test_render_real_audio(scale_midi, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scale.mid", "scale.wav"]  # no temporary left
 
 
+def test_same_file_same_bytes(scale_midi, tmp_path):
+    for name in ("a.wav", "b.wav"):
+        render(scale_midi, tmp_path / name, soundfont=TIMGM, sample_rate=RATE)
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+
+
 def test_program_from_the_file_is_played(tmp_path):
     midi = write_midi(tmp_path / "flute.mid", SCALE, program=73)
     info = render(midi, tmp_path / "flute.wav", soundfont=TIMGM, sample_rate=RATE)
