@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from apollo.errors import ApolloError, MidiError
+from apollo.instruments import instrument_program
 from apollo.io import atomic_path
 
 __all__ = [
@@ -155,9 +156,7 @@ def midi_events(path: str | Path) -> MidiEvents:
     # The same guards as every MIDI reader in Apollo: size limit, RMID unwrapped, chunk structure.
     data = check_structure(unwrap_rmid(read_bytes(path), path), path)
     try:
-        midi = mido.MidiFile(file=io.BytesIO(data), clip=True)
-        if midi.type == 2:
-            raise MidiError(f"{path}: MIDI type 2 (independent sequences) cannot be played as one piece")
+        midi = mido.MidiFile(file=io.BytesIO(data), clip=True)  # format 2 was refused above
         times, messages, now, n_notes = [], [], 0.0, 0
         for message in midi:  # merges the tracks and converts ticks to seconds through the tempo map
             now += message.time
@@ -165,8 +164,6 @@ def midi_events(path: str | Path) -> MidiEvents:
                 times.append(now)
                 messages.append(message)
                 n_notes += message.type == "note_on" and message.velocity > 0
-    except MidiError:
-        raise
     except Exception as error:  # mido's own message names the defect
         raise MidiError(f"{path}: not a readable MIDI file ({error})") from None
     return MidiEvents(times, messages, now, n_notes)
@@ -209,20 +206,21 @@ def render(
     wav_path: str | Path,
     *,
     soundfont: str | Path | None = None,
-    instrument: int | None = None,
+    instrument: int | str | None = None,
     sample_rate: int = 44100,
     max_seconds: float = MAX_SECONDS,
 ) -> RenderInfo:
     """Render a MIDI file to a stereo 16-bit WAV peak-normalized to -1 dBFS (written atomically).
 
-    ``instrument`` (a General MIDI program, 0..127) replaces the program of every channel except
-    the drum channel. A file longer than ``max_seconds`` is refused before any audio is made.
-    Raises ApolloError (MidiError for the MIDI file) with a one-line message.
+    ``instrument`` (a General MIDI name, alias or program; see :mod:`apollo.instruments`)
+    replaces the program of every channel except the drum channel. A file longer than
+    ``max_seconds`` is refused before any audio is made. Raises ApolloError (MidiError for the
+    MIDI file) with a one-line message.
     """
     if not SAMPLE_RATES[0] <= sample_rate <= SAMPLE_RATES[1]:
         raise ApolloError(f"sample rate {sample_rate} Hz is outside {SAMPLE_RATES[0]}..{SAMPLE_RATES[1]}")
-    if instrument is not None and not 0 <= instrument <= 127:
-        raise ApolloError(f"instrument program {instrument} is outside 0..127")
+    if instrument is not None:
+        instrument = instrument_program(instrument)
     midi_path, wav_path = Path(midi_path), Path(wav_path)
     if not midi_path.is_file():
         raise MidiError(f"{midi_path}: no such MIDI file")

@@ -103,6 +103,13 @@ def test_same_file_same_bytes(scale_midi, tmp_path):
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
 
 
+def test_long_renders_buffer_in_a_temporary_file_with_the_same_result(scale_midi, tmp_path, monkeypatch):
+    render(scale_midi, tmp_path / "memory.wav", soundfont=TIMGM, sample_rate=RATE)
+    monkeypatch.setattr(render_module, "IN_MEMORY_BYTES", 0)  # as if the piece were very long
+    render(scale_midi, tmp_path / "file.wav", soundfont=TIMGM, sample_rate=RATE)
+    assert (tmp_path / "memory.wav").read_bytes() == (tmp_path / "file.wav").read_bytes()
+
+
 def test_program_from_the_file_is_played(tmp_path):
     midi = write_midi(tmp_path / "flute.mid", SCALE, program=73)
     info = render(midi, tmp_path / "flute.wav", soundfont=TIMGM, sample_rate=RATE)
@@ -113,7 +120,7 @@ def test_instrument_override_changes_the_sound_but_not_the_drums(tmp_path):
     drums = [(36, i * 0.5, 0.25) for i in range(4)]
     midi = write_midi(tmp_path / "band.mid", SCALE, program=0, drums=drums)
     piano = render(midi, tmp_path / "piano.wav", soundfont=TIMGM, sample_rate=RATE)
-    flute = render(midi, tmp_path / "flute.wav", soundfont=TIMGM, sample_rate=RATE, instrument=73)
+    flute = render(midi, tmp_path / "flute.wav", soundfont=TIMGM, sample_rate=RATE, instrument="flute")
     # The synth itself reports which program each channel played; drums (channel 9) are untouched.
     assert piano.programs == {0: [0], 9: [0]}
     assert flute.programs == {0: [73], 9: [0]}
