@@ -4,8 +4,8 @@
 
 Without ``--midi`` it writes a Bach chorale (music21's corpus, BWV 66.6) looped to ``--minutes``.
 Both programs run as fresh processes, so each time includes its start-up (Python and imports for
-Apollo; loading the SoundFont for both). The best of ``--repeats`` runs is reported, as wall time
-and as multiples of real time.
+Apollo; loading the SoundFont for both), and their runs alternate so that both see the same load.
+The best of ``--repeats`` runs is reported, as wall time (and multiples of real time) and CPU time.
 """
 
 from __future__ import annotations
@@ -41,20 +41,26 @@ def looped_chorale(path: Path, minutes: float) -> float:
     return mido.MidiFile(path).length
 
 
-def best_time(command: list[str], repeats: int) -> tuple[float, float]:
-    """Best wall time and best CPU time (user + system) of ``repeats`` runs of a command.
+def run_once(command: list[str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one run of a command (which must succeed).
 
     CPU time is reported too because it barely moves when other processes share the machine.
     """
-    walls, cpus = [], []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def best_times(commands: dict[str, list[str]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Best wall and best CPU time of each command; the runs alternate, so both see the same load."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(repeats):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        walls.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return min(walls), min(cpus)
+        for name, command in commands.items():
+            runs[name].append(run_once(command))
+    return {name: (min(w for w, _ in r), min(c for _, c in r)) for name, r in runs.items()}
 
 
 def main() -> None:
@@ -84,12 +90,13 @@ def main() -> None:
               f"{args.sample_rate} Hz; best of {args.repeats}")
         apollo = [sys.executable, "-m", "apollo", "render", "--soundfont", str(soundfont),
                   "--sample-rate", str(args.sample_rate), str(midi), str(tmp / "apollo.wav")]
-        results = {"apollo render": best_time(apollo, args.repeats)}
+        commands = {"apollo render": apollo}
         if cli:
-            fluid = [cli, "-ni", "-q", "-r", str(args.sample_rate), "-F", str(tmp / "cli.wav"), str(soundfont), str(midi)]
-            results["fluidsynth CLI"] = best_time(fluid, args.repeats)
+            commands["fluidsynth CLI"] = [cli, "-ni", "-q", "-r", str(args.sample_rate), "-F", str(tmp / "cli.wav"),
+                                          str(soundfont), str(midi)]
         else:
             print("fluidsynth command line not found: apt-get install fluidsynth")
+        results = best_times(commands, args.repeats)
         for name, (wall, cpu) in results.items():
             print(f"{name:15s} wall {wall:6.2f} s ({seconds / wall:5.1f}x real time)   CPU {cpu:6.2f} s")
         if cli:

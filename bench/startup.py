@@ -5,8 +5,8 @@
 Every command runs as a fresh process and the best of ``--repeats`` wall times is kept (the
 machine's other load only ever adds time). The generator is an untrained model of each preset,
 scaled to write about as many notes as a trained one and exported as the bundled model is
-(safetensors), plus the real default model (most recent run, else the bundled one) when there is one. The goal is ``apollo generate`` at most
-2x ``import torch``. The commands that need no torch are timed too.
+(safetensors), plus the real default model (most recent run, else the bundled one) when there is one. The runs of all commands alternate, so that they see
+the same load. The goal is ``apollo generate`` at most 2x ``import torch``. The commands that need no torch are timed too.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 
 
-def best_time(command: list[str], repeats: int, cwd: Path | None = None) -> float:
-    """Best wall time of ``repeats`` runs of a command (which must succeed)."""
-    times = []
+def best_times(commands: dict[str, list[str]], repeats: int) -> dict[str, float]:
+    """Best wall time of each command (which must succeed); the runs alternate, so all see the same load."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=cwd)
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
 def chorale_like(generator, density: float = 0.06):
@@ -60,34 +61,34 @@ def main() -> None:
     args = parser.parse_args()
 
     from apollo.checkpoint import save_generator
+    from apollo.errors import ApolloError
     from apollo.generate import find_model
     from apollo.model import PRESETS, Generator
 
     python, apollo = sys.executable, [sys.executable, "-m", "apollo"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torch_time = best_time([python, "-c", "import torch"], args.repeats)
-        rows = [("python -c 'import torch'", torch_time)]
-        models = {}
+        commands = {"python -c 'import torch'": [python, "-c", "import torch"]}
+        models = {}  # name -> the options that select the model
         for preset in ("small", "apollo"):
             path = tmp / f"{preset}.safetensors"
             save_generator(path, chorale_like(Generator(PRESETS[preset]).eval()), {})
-            models[f"{preset} preset, {path.stat().st_size / 1e6:.0f} MB"] = path
+            models[f"{preset} preset, {path.stat().st_size / 1e6:.0f} MB"] = ["--checkpoint", str(path)]
         try:
-            default = find_model()
-            models[f"default model: {default.source}"] = default.path.resolve()
-        except Exception as error:  # no run and no bundled model yet: say so and go on
+            models[f"default: {find_model().source}"] = []  # exactly `apollo generate out.mid`
+        except ApolloError as error:  # no run and no bundled model yet: say so and go on
             print(f"(no default model: {error})")
-        for name, path in models.items():
-            command = [*apollo, "generate", "--seed", "0", "--checkpoint", str(path), str(tmp / "out.mid")]
+        for name, options in models.items():
+            command = [*apollo, "generate", "--seed", "0", *options, str(tmp / "out.mid")]
             notes = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split(" notes,")[0]
-            name = f"{name}, {notes.rsplit(' ', 1)[-1]} notes"
-            rows.append((f"apollo generate out.mid ({name})", best_time(command, args.repeats)))
+            commands[f"apollo generate out.mid ({name}, {notes.rsplit(' ', 1)[-1]} notes)"] = command
         for command in (["--help"], ["instruments"], ["render", "--help"]):
-            rows.append((f"apollo {' '.join(command)}", best_time([*apollo, *command], args.repeats)))
+            commands[f"apollo {' '.join(command)}"] = [*apollo, *command]
+        results = best_times(commands, args.repeats)
+        torch_time = results["python -c 'import torch'"]
 
     print(f"best of {args.repeats} runs, wall time")
-    for name, seconds in rows:
+    for name, seconds in results.items():
         print(f"{name:62s} {seconds:5.2f} s  {seconds / torch_time:4.2f}x import torch")
 
 
