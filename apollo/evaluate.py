@@ -340,11 +340,11 @@ def format_report(rep: dict) -> str:
         lines.append(f"training:  {rep['training'].get('source', '?')} ({rep['training']['n']} rolls)")
     width = max(len(n) for n in (*CHECKED, *mgeval.FEATURES)) + 2
     pct = round(rep["tolerance"] * 100)
-    lines += ["", f"{'metric':<{width}}{'generated':>10}{'real':>10}{'diff':>9}  within {pct} %"]
+    lines += ["", f"{'metric':<{width}}{'generated':>10}{'real':>10}{'diff':>10}  within {pct} %"]
     for name, c in rep["checks"].items():
-        diff = "—" if c["relative_difference"] is None else f"{100 * c['relative_difference']:+.0f} %"
+        diff = "—" if c["relative_difference"] is None else f"{100 * c['relative_difference']:+.1f} %"
         lines.append(
-            f"{name:<{width}}{_fmt(c['generated']):>10}{_fmt(c['real']):>10}{diff:>9}  "
+            f"{name:<{width}}{_fmt(c['generated']):>10}{_fmt(c['real']):>10}{diff:>10}  "
             + ("yes" if c["within_tolerance"] else "no")
         )
     lines += ["", f"{'feature':<{width}}{'OA':>10}{'KL':>10}"]
