@@ -39,6 +39,7 @@ from apollo.metrics import METRICS, Facts, sample_metrics
 from apollo.roll import SILENT, Grid, PianoRoll
 
 __all__ = [
+    "CHECKED",
     "DEFAULT_N_STEPS",
     "OVERLAP_THRESHOLD",
     "SHIFTS",
@@ -68,11 +69,19 @@ _SAMPLE_FLOATS = 1 << 24  # transposed samples per matrix product, in float32 ce
 # -- overlap, diversity, memorization ---------------------------------------------------------
 
 
-def _sounding(rolls: Sequence[PianoRoll]) -> np.ndarray:
-    """Sounding cells of equally shaped rolls, bool [n, n_pitches, n_steps]."""
+def _check_alike(rolls: Sequence[PianoRoll]) -> None:
+    """Raise ValueError unless all rolls have one shape and one grid (comparing them means something)."""
     shapes = {r.cells.shape for r in rolls}
     if len(shapes) > 1:
         raise ValueError(f"rolls must all have one shape to be compared, got {sorted(shapes)}")
+    grids = {r.grid for r in rolls}
+    if len(grids) > 1:
+        raise ValueError(f"rolls must all lie on one grid to be compared, got {len(grids)} grids")
+
+
+def _sounding(rolls: Sequence[PianoRoll]) -> np.ndarray:
+    """Sounding cells of alike rolls, bool [n, n_pitches, n_steps]."""
+    _check_alike(rolls)
     if not rolls:
         return np.zeros((0, 0, 0), dtype=bool)
     return np.stack([r.cells > SILENT for r in rolls])
@@ -131,8 +140,8 @@ def best_overlap(
     A sample transposed by ``k`` moves ``k`` rows up; cells pushed off the grid are lost (and
     still count in the sample's size). All transpositions of a block of samples are stacked and
     met with a block of training rolls in one float32 matrix product of flattened sounding
-    planes, cropped to the pitch rows the training set uses: about a second for 256 samples
-    against 1000 training chunks on two cores.
+    planes, cropped to the pitch rows the training set uses: about 0.5 s for 64 samples and
+    2-5 s for 256 against the 605 chorale training chunks on two shared cores.
     """
     x, y = _sounding(samples), _sounding(training)
     if len(x) and len(y) and x.shape[1:] != y.shape[1:]:
@@ -241,7 +250,7 @@ def compare(
     """
     if not generated or not reference:
         raise ValueError("compare needs at least one generated and one reference roll")
-    _sounding(list(generated) + list(reference))  # one shape for all, or a ValueError
+    _check_alike([*generated, *reference, *(training or [])])
     ref_key = _digest(reference)
     gen = _side(generated)
     ref = _cached(("side", ref_key), lambda: _side(reference))
@@ -268,7 +277,7 @@ def compare(
     return out
 
 
-CHECKED = (*METRICS, "diversity")  # values held to "within TOLERANCE of real"
+CHECKED = (*METRICS, "diversity")  # the values that report() checks against "within TOLERANCE of real"
 
 
 def _relative_difference(value: float, real: float) -> float:
@@ -357,7 +366,8 @@ def format_report(rep: dict) -> str:
     if "memorization_rate" in v:
         lines.append(
             f"{'memorization rate':<{width}}{_fmt(v['memorization_rate']):>10}{_fmt(v['real/memorization_rate']):>10}"
-            f"   (max training overlap {_fmt(v['max_training_overlap'], 2)}, real {_fmt(v['real/max_training_overlap'], 2)})"
+            f"   (max training overlap {_fmt(v['max_training_overlap'], 2)},"
+            f" real {_fmt(v['real/max_training_overlap'], 2)})"
         )
     elif rep.get("training_note"):
         lines.append(f"memorization: {rep['training_note']}")

@@ -229,7 +229,8 @@ def kde(samples: np.ndarray, grid: np.ndarray, h: float) -> np.ndarray:
     pos = np.clip((samples - grid[0]) / dx, 0, len(grid) - 1 - 1e-9)
     left = pos.astype(np.int64)
     frac = pos - left
-    counts = np.bincount(left, 1 - frac, minlength=len(grid)) + np.bincount(left + 1, frac, minlength=len(grid) + 1)[: len(grid)]
+    counts = np.bincount(left, 1 - frac, minlength=len(grid))
+    counts += np.bincount(left + 1, frac, minlength=len(grid) + 1)[: len(grid)]
     half = min((len(grid) - 1) // 2, int(np.ceil(5 * h / dx)))  # the kernel is no longer than the grid
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * dx / h) ** 2)
     density = np.convolve(counts, kernel, mode="same")

@@ -122,7 +122,8 @@ def tables(reports: dict[str, list[dict]]) -> str:
     lines += ["", "| row | " + " | ".join(SHORT[m] for m in CHECKED) + " |", "|---" * (len(CHECKED) + 1) + "|"]
     for row, reps in reports.items():
         lines.append(f"| {row} | " + " | ".join(_cell(_mean(reps, m), 2) for m in CHECKED) + " |")
-    lines.append("| real (validation) | " + " | ".join(_cell(_mean(reports["ceiling"], f"real/{m}"), 2) for m in CHECKED) + " |")
+    real = [_cell(_mean(reports["ceiling"], f"real/{m}"), 2) for m in CHECKED]
+    lines.append("| real (validation) | " + " | ".join(real) + " |")
 
     lines += ["", "| row | " + " | ".join(FEATURES) + " |", "|---" * (len(FEATURES) + 1) + "|"]
     for row, reps in reports.items():

@@ -22,7 +22,9 @@ SPLITS = click.Choice(["val", "train"])
 )
 @click.option("--limit", "-n", type=click.IntRange(min=2), help="Use at most N rolls of each side, drawn at random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of that draw.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report here.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report (JSON) here."
+)
 def evaluate(
     generated: Path,
     reference: Path,

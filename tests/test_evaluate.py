@@ -7,10 +7,10 @@ import math
 
 import numpy as np
 import pytest
+from apollo.cli.main import cli
 from click.testing import CliRunner
 
 from apollo import evaluate
-from apollo.cli.main import cli
 from apollo.errors import ApolloError
 from apollo.markov import MarkovChain, random_rolls
 from apollo.metrics import METRICS
