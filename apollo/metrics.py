@@ -12,9 +12,9 @@ Conventions shared by all of them:
   (a generated roll written to MIDI loses that silence; :mod:`apollo.evaluate` pads it back).
 - A cell *sounds* when it is HELD or ONSET. Notes are those of :meth:`PianoRoll.notes`: a note starts
   at an onset or where sound follows silence, so repeated notes count separately.
-- Pitch classes are true pitch classes, ``(lowest_pitch + row) % 12`` with C = 0. (MuseGAN's and
-  pypianoroll's released code for "used pitch classes" sums blocks of 12 adjacent rows instead,
-  which is wrong unless the lowest row is a C; we do not copy it.)
+- Pitch classes are true pitch classes, ``(lowest_pitch + row) % 12`` with C = 0. (pypianoroll's
+  ``_to_chroma``, which MuseGAN's metrics adapt, reshapes the 128 pitches to ``[12, 10]`` and sums
+  the last axis: each "pitch class" is a block of 10 adjacent semitones. We do not copy it.)
 """
 
 from __future__ import annotations
