@@ -331,6 +331,7 @@ def isolated_map(
     todo: list[tuple[int, Any]] = list(enumerate(items))[::-1]  # a stack: pop() takes the next item
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     slots: list[_Slot] = []
+    failed_starts = 0
     try:
         slots = [_Slot(ctx, func, memory_limit) for _ in range(n_workers if todo else 0)]
         while todo or any(slot.pending for slot in slots):
@@ -339,9 +340,11 @@ def isolated_map(
                     # Small batches keep the pipe busy; a crash only sends the batch's rest back.
                     size = max(1, min(16, len(todo) // (4 * len(slots))))
                     slot.pending = [todo.pop() for _ in range(min(size, len(todo)))]
-                    slot.conn.send(slot.pending)
-                    if slot.ready:
-                        slot.since = time.monotonic()
+                    slot.since = time.monotonic()
+                    try:
+                        slot.conn.send(slot.pending)
+                    except OSError:  # the worker is already dead; handled below
+                        pass
             busy = [slot for slot in slots if slot.pending]
             ready = multiprocessing.connection.wait(
                 [s.conn for s in busy] + [s.process.sentinel for s in busy], timeout=0.5
@@ -349,32 +352,46 @@ def isolated_map(
             for i, slot in enumerate(slots):
                 if not slot.pending:
                     continue
-                failure = None
-                dead = not slot.process.is_alive()
-                if slot.conn in ready or dead:
+                alive = True
+                if slot.conn in ready or slot.process.sentinel in ready:
                     # Drain what arrived, even from a worker that died after sending it.
                     try:
                         while slot.pending and slot.conn.poll():
                             message = slot.conn.recv()
                             slot.since = time.monotonic()
-                            if message is None:
-                                slot.ready = True
+                            if message is None:  # started
+                                slot.ready, failed_starts = True, 0
                                 continue
                             slot.pending.pop(0)
                             yield message
                     except (EOFError, OSError):
-                        dead = True
-                if slot.pending and (dead or not slot.process.is_alive()):
-                    failure = _death_reason(slot.process)
-                if failure is None and slot.pending and slot.ready and timeout and time.monotonic() - slot.since > timeout:
-                    failure = f"timed out after {timeout:g} s"
-                if failure is not None:
-                    culprit, *rest = slot.pending
+                        alive = False
+                alive = alive and slot.process.is_alive()
+                stuck = slot.ready and timeout and time.monotonic() - slot.since > timeout
+                if alive and not stuck:
+                    continue
+                # Dead or stuck: replace the worker, blame the file it was on, hand out the rest.
+                if not slot.ready:  # died before it could start: no file is to blame
+                    failed_starts += 1
+                    if failed_starts >= 3:
+                        raise ApolloError(
+                            f"worker processes die as they start ({_death_reason(slot.process)}); a script "
+                            "that runs this must guard its top level with `if __name__ == \"__main__\":`"
+                        )
+                    todo.extend(reversed(slot.pending))
                     slot.pending = []
-                    todo.extend(reversed(rest))  # back on the stack, first in line
                     slot.stop(kill=True)
                     slots[i] = _Slot(ctx, func, memory_limit)
-                    yield culprit[0], False, failure
+                    continue
+                if alive:
+                    slot.process.kill()
+                reason = _death_reason(slot.process) if not alive else f"timed out after {timeout:g} s"
+                culprit, *rest = slot.pending
+                slot.pending = []
+                todo.extend(reversed(rest))  # back on the stack, first in line
+                slot.stop(kill=True)
+                slots[i] = _Slot(ctx, func, memory_limit)
+                yield culprit[0], False, reason
     finally:
         for slot in slots:
             slot.stop(kill=bool(slot.pending))
@@ -442,7 +459,8 @@ def preprocess(
             results = isolated_map(task, paths, workers=workers, timeout=timeout, memory_limit=memory_limit)
             with contextlib.closing(results):  # closing: the workers end at once, even on Ctrl-C
                 for index, ok, value in results:
-                    record = value if ok else {"status": "skipped", "reason": value}
+                    # A crash, hang or memory blow-up may depend on the machine: a rerun tries again.
+                    record = value if ok else {"status": "skipped", "reason": value, "retry": True}
                     log.append(todo[index], stats[todo[index]], record)
                     bar.update()
         log.close()
@@ -495,7 +513,8 @@ class _PartialLog:
                 if record["first_row"] + record.get("n_chunks", 0) > rows_on_disk:
                     break
                 kept.append(line)
-                self.records[record["path"]] = record
+                if not record.get("retry"):
+                    self.records[record["path"]] = record
                 self.rows = max(self.rows, record["first_row"] + record.get("n_chunks", 0))
         # Rewrite both files to exactly what is kept, then append from there.
         with open(self.folder / "chunks.bin", "ab") as f:

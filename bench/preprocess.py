@@ -1,0 +1,155 @@
+"""Speed and memory of ``apollo preprocess`` end to end, beside a plain pretty_midi loop on the same files.
+
+    python bench/preprocess.py                  # bach-chorales + folk (about 3,400 files)
+    python bench/preprocess.py midi/mine        # or any folder of MIDI files
+
+Each run is a fresh process, timed from start to exit: ``python -m apollo preprocess`` on the
+first N files for a few N (to show that memory does not grow with the corpus), and the reference
+loop, which parses each file with pretty_midi, samples a piano roll on a sixteenth-note grid from
+the file's beats and cuts it into [64, 256] chunks (hop 128, like preprocess). Peak memory is the
+largest sum of resident memory over the process and all its children, sampled every 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+# -- the reference loop (runs in its own process) --------------------------------------------------
+
+
+def reference_loop(list_file: Path) -> None:
+    import numpy as np
+    import pretty_midi
+
+    paths = list_file.read_text().splitlines()
+    chunks = 0
+    for path in paths:
+        midi = pretty_midi.PrettyMIDI(path)
+        beats = midi.get_beats()
+        if len(beats) < 2:
+            continue
+        # Four sixteenths per beat, from the file's own beats (so tempo changes are followed).
+        grid = (beats[:-1, None] + np.diff(beats)[:, None] * np.arange(4) / 4).ravel()
+        roll = midi.get_piano_roll(times=grid)[30:94] > 0  # drums are left out by pretty_midi
+        starts = range(0, max(roll.shape[1] - 256, 0) + 1, 128)
+        if roll.shape[1] >= 128:
+            padded = np.pad(roll, ((0, 0), (0, max(0, 256 - roll.shape[1]))))
+            chunks += len(np.stack([padded[:, s : s + 256] for s in starts]))
+    print(f"{len(paths)} files, {chunks} chunks")
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants (Linux /proc)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    stack.extend(int(child) for child in f.read().split())
+        except (OSError, ValueError):
+            continue  # the process ended meanwhile
+    return total
+
+
+def timed(command: list[str]) -> tuple[float, int, str]:
+    """Run ``command``; return seconds, peak resident bytes of its process tree, and its last output line."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(process.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = process.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
+    return seconds, peak, (output.strip().splitlines() or [""])[-1]
+
+
+def corpus_folder(scratch: Path) -> Path:
+    from apollo.corpus import export
+
+    folder = scratch / "corpus"
+    for name in ("bach-chorales", "folk"):
+        print(export(name, folder / name).line(), flush=True)
+    return folder
+
+
+def subset(files: list[Path], n: int, scratch: Path) -> Path:
+    """A folder of links to the first ``n`` files (the walker follows links to files)."""
+    folder = scratch / f"first-{n}"
+    folder.mkdir()
+    for i, path in enumerate(files[:n]):
+        (folder / f"{i:05}-{path.name}").symlink_to(path.resolve())
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", type=Path, help="folder of MIDI files (default: bach-chorales + folk)")
+    parser.add_argument("--reference-loop", type=Path, help=argparse.SUPPRESS)  # internal: the child process
+    args = parser.parse_args()
+    if args.reference_loop:
+        return reference_loop(args.reference_loop)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        folder = args.folder or corpus_folder(scratch)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+        sizes = sorted({n for n in (len(files) // 8, len(files) // 4, len(files) // 2, len(files)) if n})
+        print(f"{len(files)} files in {folder}; {os.cpu_count()} cores\n")
+        print(f"{'run':44} {'files':>6} {'seconds':>8} {'files/s':>8} {'peak MiB':>9}")
+
+        def report(name: str, n: int, seconds: float, peak: int) -> None:
+            print(f"{name:44} {n:6} {seconds:8.2f} {n / seconds:8.0f} {peak / 2**20:9.0f}", flush=True)
+
+        apollo = [sys.executable, "-m", "apollo", "preprocess"]
+        results = {}
+        for n in sizes:
+            source = subset(files, n, scratch)
+            seconds, peak, _ = timed([*apollo, str(source), "-o", str(scratch / f"out-{n}")])
+            report("apollo preprocess (all cores)", n, seconds, peak)
+            results[n] = seconds
+        all_files = subset(files, len(files), scratch) if len(files) not in sizes else scratch / f"first-{len(files)}"
+        seconds, peak, _ = timed([*apollo, str(all_files), "-o", str(scratch / "out-1"), "--workers", "1"])
+        report("apollo preprocess --workers 1", len(files), seconds, peak)
+        one_worker = seconds
+        seconds, peak, _ = timed([*apollo, str(all_files), "-o", str(scratch / "out-t"), "--transpose", "-5:6"])
+        report("apollo preprocess --transpose -5:6", len(files), seconds, peak)
+
+        list_file = scratch / "files.txt"
+        list_file.write_text("\n".join(str(p) for p in files))
+        seconds, peak, line = timed([sys.executable, __file__, "--reference-loop", str(list_file)])
+        report("pretty_midi loop (one process)", len(files), seconds, peak)
+        print(f"\napollo preprocess is {seconds / results[len(files)]:.1f}x the pretty_midi loop end to end "
+              f"({seconds / one_worker:.1f}x with one worker)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
