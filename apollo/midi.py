@@ -11,6 +11,7 @@ it in worker processes with a memory limit and a timeout. Notes are quantized in
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 from apollo.errors import MidiError
 from apollo.io import atomic_path
 
-__all__ = ["MidiNotes", "read_notes", "check_structure", "unwrap_rmid", "write_notes", "MAX_STEPS", "MAX_FILE_BYTES", "MAX_TRACKS"]
+__all__ = ["MidiNotes", "read_notes", "read_bytes", "check_structure", "unwrap_rmid", "write_notes", "MAX_STEPS", "MAX_FILE_BYTES", "MAX_TRACKS"]
 
 MAX_STEPS = 1 << 16  # longest piece read, in steps (4096 bars of 4/4 at sixteenths)
 MAX_FILE_BYTES = 32 << 20  # the largest real MIDI files are a few MB; bigger ones are not music
@@ -65,15 +66,8 @@ def read_notes(
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, label = bytes(source), name or "<bytes>"
     else:
-        path = Path(source)
-        label = name or path
-        try:
-            size = path.stat().st_size
-            if size > MAX_FILE_BYTES:  # checked before reading: never load a 10 GB "MIDI" file
-                raise _error(label, f"too large ({size / 2**20:.0f} MB, the limit is {MAX_FILE_BYTES >> 20} MB)")
-            data = path.read_bytes()
-        except OSError as error:
-            raise _error(label, f"cannot read ({error.strerror or error})") from None
+        label = name or source
+        data = read_bytes(source, label)
     if len(data) > MAX_FILE_BYTES:
         raise _error(label, f"too large ({len(data) / 2**20:.0f} MB, the limit is {MAX_FILE_BYTES >> 20} MB)")
     data = unwrap_rmid(data, label)
@@ -112,6 +106,19 @@ def read_notes(
         velocity=np.concatenate([a["velocity"] for a in arrays]).astype(np.int64),
         tempo=tempo,
     )
+
+
+def read_bytes(path: str | Path, label: object = None) -> bytes:
+    """A file's bytes, refusing (MidiError) files over ``MAX_FILE_BYTES`` before reading them."""
+    label = path if label is None else label
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:  # never load a 10 GB "MIDI" file
+                raise _error(label, f"too large ({size / 2**20:.0f} MB, the limit is {MAX_FILE_BYTES >> 20} MB)")
+            return f.read()
+    except OSError as error:
+        raise _error(label, f"cannot read ({error.strerror or error})") from None
 
 
 def _parser_message(error: Exception) -> str:
