@@ -39,6 +39,7 @@ class SemitoneRange(click.ParamType):
 @click.option("--encoding", default="onset", show_default=True, type=click.Choice(list(ENCODINGS)), help="Planes per chunk: onset (sounding + onset), rest or plain.")
 @click.option("--transpose", default="0:0", show_default=True, type=SemitoneRange(), help="Semitone range for transposed copies, e.g. -5:6.")
 @click.option("--time-shift", default=0, show_default=True, type=click.IntRange(min=0), help="Also add copies delayed by 1..N steps.")
+@click.option("--min-fill", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Keep a window if this share of it lies inside the piece (the rest is silence).")
 @click.option("--min-notes", default=8, show_default=True, type=click.IntRange(min=0), help="Drop chunks with fewer note onsets.")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of files held out for validation.")
 @click.option("--out-of-range", default="fold", show_default=True, type=click.Choice(["fold", "drop"]), help="Notes outside the pitch window: fold by octaves or drop.")
@@ -48,7 +49,7 @@ class SemitoneRange(click.ParamType):
 @click.option("--memory-limit", default=DEFAULT_MEMORY_LIMIT >> 20, show_default=True, type=click.IntRange(min=64), help="MiB a worker may allocate.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
 def preprocess(midi_dir: Path, out: Path | None, steps_per_beat: int, n_steps: int, hop: int, lowest_pitch: int,
-               n_pitches: int, encoding: str, transpose: tuple[int, int], time_shift: int, min_notes: int,
+               n_pitches: int, encoding: str, transpose: tuple[int, int], time_shift: int, min_fill: float, min_notes: int,
                val_fraction: float, out_of_range: str, drums: bool, workers: int | None, timeout: float,
                memory_limit: int, overwrite: bool) -> None:
     """Turn the MIDI files under MIDI_DIR into a piano-roll dataset.
@@ -64,7 +65,7 @@ def preprocess(midi_dir: Path, out: Path | None, steps_per_beat: int, n_steps: i
         grid = Grid(lowest_pitch, n_pitches, steps_per_beat)
         config = DatasetConfig(
             grid=grid, n_steps=n_steps, hop=hop, encoding=encoding, transpose=transpose, time_shift=time_shift,
-            min_notes=min_notes, val_fraction=val_fraction, out_of_range=out_of_range, include_drums=drums,
+            min_fill=min_fill, min_notes=min_notes, val_fraction=val_fraction, out_of_range=out_of_range, include_drums=drums,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
