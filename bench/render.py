@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--sample-rate", type=int, default=44100)
     args = parser.parse_args()
 
-    from apollo.render import SYSTEM_SOUNDFONTS, find_soundfont
+    from apollo.render import CPU_CORES, SYSTEM_SOUNDFONTS, find_soundfont
 
     soundfont = args.soundfont or next((p for p in SYSTEM_SOUNDFONTS if p.is_file()), None)
     soundfont = soundfont or find_soundfont().path
@@ -92,8 +92,10 @@ def main() -> None:
                   "--sample-rate", str(args.sample_rate), str(midi), str(tmp / "apollo.wav")]
         commands = {"apollo render": apollo}
         if cli:
-            commands["fluidsynth CLI"] = [cli, "-ni", "-q", "-r", str(args.sample_rate), "-F", str(tmp / "cli.wav"),
-                                          str(soundfont), str(midi)]
+            fluid = [cli, "-ni", "-q", "-r", str(args.sample_rate), "-F", str(tmp / "cli.wav"), str(soundfont), str(midi)]
+            commands["fluidsynth CLI"] = fluid
+            # For reference: the CLI given the cores Apollo uses (its default is one).
+            commands[f"CLI, {CPU_CORES} cores"] = [*fluid[:2], "-o", f"synth.cpu-cores={CPU_CORES}", *fluid[2:]]
         else:
             print("fluidsynth command line not found: apt-get install fluidsynth")
         results = best_times(commands, args.repeats)

@@ -103,6 +103,15 @@ def test_same_file_same_bytes(scale_midi, tmp_path):
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
 
 
+def test_the_number_of_cpu_cores_does_not_change_the_sound(tmp_path, monkeypatch):
+    chords = [(pitch, beat / 2, 2) for beat in range(8) for pitch in (48 + beat, 55 + beat, 64 + beat, 72 + beat)]
+    midi = write_midi(tmp_path / "chords.mid", chords, program=48)
+    for cores in (1, 3):
+        monkeypatch.setattr(render_module, "CPU_CORES", cores)
+        render(midi, tmp_path / f"{cores}.wav", soundfont=TIMGM, sample_rate=RATE)
+    assert (tmp_path / "1.wav").read_bytes() == (tmp_path / "3.wav").read_bytes()
+
+
 def test_long_renders_buffer_in_a_temporary_file_with_the_same_result(scale_midi, tmp_path, monkeypatch):
     render(scale_midi, tmp_path / "memory.wav", soundfont=TIMGM, sample_rate=RATE)
     monkeypatch.setattr(render_module, "IN_MEMORY_BYTES", 0)  # as if the piece were very long
