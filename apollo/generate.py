@@ -246,8 +246,11 @@ def write_midi(roll: PianoRoll, path: Path, *, program: int) -> None:
     short = end - sum(message.time for message in track)
     if short > 0 and track and track[-1].type == "end_of_track":
         track[-1] = track[-1].copy(time=track[-1].time + short)
-    with atomic_path(path) as tmp:
-        midi.save(tmp)
+    try:
+        with atomic_path(path) as tmp:
+            midi.save(tmp)
+    except OSError as error:
+        raise ApolloError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 @dataclass
@@ -310,7 +313,7 @@ def generate(
     if tempo is not None and not 10 <= tempo <= 400:
         raise ApolloError(f"--tempo must lie in 10..400 beats per minute, got {tempo}")
     instrument = instrument_program(instrument)
-    if Path(out).suffix.lower() not in (".mid", ".midi"):
+    if Path(out).suffix.lower() not in (".mid", ".midi") or Path(out).is_dir():
         raise ApolloError(f"{out}: the output should be a .mid file")
     choice = find_model(checkpoint, run, runs_root)
     generator, spec = load_model(choice)

@@ -225,6 +225,8 @@ def render(
     midi_path, wav_path = Path(midi_path), Path(wav_path)
     if not midi_path.is_file():
         raise MidiError(f"{midi_path}: no such MIDI file")
+    if wav_path.is_dir():
+        raise ApolloError(f"{wav_path}: is a folder; give the WAV file's name")
     font = find_soundfont(soundfont)
     events = midi_events(midi_path)
     if events.seconds > max_seconds:
@@ -391,14 +393,17 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int, peak: float, chu
     # Scale so the loudest sample lands on PEAK_DBFS; below full scale, rounding can never clip.
     gain = 10 ** (PEAK_DBFS / 20) * 32767 / peak if peak > SILENCE else 0.0
     top = 0
-    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as wav:
-        wav.setnchannels(2)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        for i in range(0, len(audio), chunk):
-            pcm = np.rint(audio[i : i + chunk] * gain).astype("<i2")
-            top = max(top, int(np.abs(pcm.astype(np.int32)).max(initial=0)))
-            wav.writeframes(pcm.tobytes())
+    try:
+        with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as wav:
+            wav.setnchannels(2)
+            wav.setsampwidth(2)
+            wav.setframerate(sample_rate)
+            for i in range(0, len(audio), chunk):
+                pcm = np.rint(audio[i : i + chunk] * gain).astype("<i2")
+                top = max(top, int(np.abs(pcm.astype(np.int32)).max(initial=0)))
+                wav.writeframes(pcm.tobytes())
+    except OSError as error:
+        raise ApolloError(f"{path}: cannot write ({error.strerror or error})") from None
     return 20 * math.log10(top / 32768) if top else -math.inf
 
 

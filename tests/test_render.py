@@ -186,10 +186,13 @@ def test_missing_and_unreadable_files_fail_with_one_line(scale_midi, tmp_path):
         (dict(soundfont=tmp_path / "text.mid"), "text.mid: not a readable SoundFont"),
     ]
     (tmp_path / "text.mid").write_text("not music\n")
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    cases.append((dict(wav_path=tmp_path / "blocker" / "out.wav"), "out.wav: cannot write"))
+    cases.append((dict(wav_path=tmp_path), f"{tmp_path}: is a folder"))
     for kwargs, message in cases:
-        kwargs = {"midi_path": scale_midi, "soundfont": TIMGM, **kwargs}
+        kwargs = {"midi_path": scale_midi, "wav_path": tmp_path / "out.wav", "soundfont": TIMGM, **kwargs}
         with pytest.raises(ApolloError) as error:
-            render(kwargs.pop("midi_path"), tmp_path / "out.wav", sample_rate=RATE, **kwargs)
+            render(kwargs.pop("midi_path"), kwargs.pop("wav_path"), sample_rate=RATE, **kwargs)
         assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "out.wav").exists()
 
