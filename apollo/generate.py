@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +46,7 @@ __all__ = [
     "BUNDLED_DIR",
     "BUNDLED_MODEL",
     "DEFAULT_TEMPO",
+    "GenerateResult",
     "GeneratedPiece",
     "ModelChoice",
     "ModelSpec",
@@ -54,6 +54,7 @@ __all__ = [
     "find_model",
     "generate",
     "load_model",
+    "noise_tape",
     "numbered_paths",
     "sample_probabilities",
     "write_midi",

@@ -17,7 +17,7 @@ import re
 
 from apollo.errors import ApolloError
 
-__all__ = ["ALIASES", "gm_names", "instrument_name", "instrument_program", "aliases_of"]
+__all__ = ["ALIASES", "aliases_of", "gm_names", "instrument_name", "instrument_program"]
 
 # Everyday words -> program. Only names that are not already a GM name (after normalizing).
 ALIASES: dict[str, int] = {
@@ -92,7 +92,9 @@ def normalize(name: str) -> str:
 @functools.cache
 def gm_names() -> tuple[str, ...]:
     """The 128 General MIDI program names, index = program number (pretty_midi's spelling)."""
-    from pretty_midi.constants import INSTRUMENT_MAP  # imported lazily: pretty_midi brings numpy
+    from pretty_midi.constants import (
+        INSTRUMENT_MAP,  # imported lazily: pretty_midi brings numpy
+    )
 
     return tuple(INSTRUMENT_MAP)
 

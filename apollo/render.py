@@ -40,14 +40,14 @@ from apollo.instruments import instrument_program
 from apollo.io import atomic_path
 
 __all__ = [
-    "RenderInfo",
-    "SoundFont",
-    "render",
-    "find_soundfont",
-    "soundfont_dirs",
-    "midi_events",
     "MAX_SECONDS",
     "PEAK_DBFS",
+    "RenderInfo",
+    "SoundFont",
+    "find_soundfont",
+    "midi_events",
+    "render",
+    "soundfont_dirs",
 ]
 
 MAX_SECONDS = 3600.0  # longest MIDI rendered by default; longer files are refused before synthesis
@@ -165,7 +165,7 @@ def midi_events(path: str | Path) -> MidiEvents:
                 times.append(now)
                 messages.append(message)
                 n_notes += message.type == "note_on" and message.velocity > 0
-    except Exception as error:  # mido's own message names the defect
+    except Exception as error:  # noqa: BLE001 (mido raises many kinds; its message names the defect)
         raise MidiError(f"{path}: not a readable MIDI file ({error})") from None
     return MidiEvents(times, messages, now, n_notes)
 

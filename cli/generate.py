@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
 from apollo.cli.render import INSTRUMENT, describe, soundfont_option
+
 from apollo.instruments import instrument_name
 
 

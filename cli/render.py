@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from apollo.instruments import aliases_of, gm_names, instrument_name, instrument_program
 from apollo.errors import ApolloError
+from apollo.instruments import aliases_of, gm_names, instrument_name, instrument_program
 
 
 class InstrumentType(click.ParamType):

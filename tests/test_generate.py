@@ -14,13 +14,19 @@ import mido
 import numpy as np
 import pytest
 import torch
+from apollo.cli.main import cli
 from click.testing import CliRunner
 
 from apollo import generate as generate_module
 from apollo.checkpoint import load_generator, save_checkpoint, save_generator
-from apollo.cli.main import cli
 from apollo.errors import ApolloError
-from apollo.generate import export_model, find_model, noise_tape, numbered_paths, sample_probabilities
+from apollo.generate import (
+    export_model,
+    find_model,
+    noise_tape,
+    numbered_paths,
+    sample_probabilities,
+)
 from apollo.model import Generator, ModelConfig
 
 DATASET_CONFIG = {"grid": {"lowest_pitch": 30, "n_pitches": 64, "steps_per_beat": 4}, "encoding": "onset", "n_steps": 256}
@@ -222,7 +228,7 @@ def test_default_model_from_the_command_line(models, tmp_path, monkeypatch, no_b
 def test_export_model_for_bundling(models, tmp_path):
     out = tmp_path / "bundled" / "generator.safetensors"
     export_model(models["pt"], out, provenance={"command": "apollo train --steps 7", "seed": 0}, tempo=84)
-    generator, meta = load_generator(out)
+    _, meta = load_generator(out)
     assert meta["tempo"] == 84 and meta["provenance"]["command"] == "apollo train --steps 7"
     assert meta["provenance"]["step"] == 7 and meta["dataset_config"] == DATASET_CONFIG
     assert '"source_checkpoint": "tiny.pt"' in out.with_suffix(".json").read_text()

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from apollo.cli.main import cli
 from click.testing import CliRunner
 
-from apollo.cli.main import cli
 from apollo.errors import ApolloError
-from apollo.instruments import ALIASES, aliases_of, gm_names, instrument_name, instrument_program
+from apollo.instruments import (
+    ALIASES,
+    aliases_of,
+    gm_names,
+    instrument_name,
+    instrument_program,
+)
 
 
 def test_all_128_general_midi_names_round_trip():

@@ -11,10 +11,10 @@ from pathlib import Path
 import mido
 import numpy as np
 import pytest
+from apollo.cli.main import cli
 from click.testing import CliRunner
 
 from apollo import render as render_module
-from apollo.cli.main import cli
 from apollo.errors import ApolloError, MidiError
 from apollo.render import PEAK_DBFS, TAIL_MAX_SECONDS, find_soundfont, render
 
@@ -180,15 +180,15 @@ def test_max_seconds_is_configurable(scale_midi, tmp_path):
 
 def test_missing_and_unreadable_files_fail_with_one_line(scale_midi, tmp_path):
     cases = [
-        (dict(midi_path=tmp_path / "nope.mid"), "nope.mid: no such MIDI file"),
-        (dict(midi_path=tmp_path / "text.mid"), "text.mid: not a MIDI file"),
-        (dict(soundfont=tmp_path / "missing.sf2"), "missing.sf2: no such SoundFont file"),
-        (dict(soundfont=tmp_path / "text.mid"), "text.mid: not a readable SoundFont"),
+        ({"midi_path": tmp_path / "nope.mid"}, "nope.mid: no such MIDI file"),
+        ({"midi_path": tmp_path / "text.mid"}, "text.mid: not a MIDI file"),
+        ({"soundfont": tmp_path / "missing.sf2"}, "missing.sf2: no such SoundFont file"),
+        ({"soundfont": tmp_path / "text.mid"}, "text.mid: not a readable SoundFont"),
     ]
     (tmp_path / "text.mid").write_text("not music\n")
     (tmp_path / "blocker").write_text("a file where a folder should be")
-    cases.append((dict(wav_path=tmp_path / "blocker" / "out.wav"), "out.wav: cannot write"))
-    cases.append((dict(wav_path=tmp_path), f"{tmp_path}: is a folder"))
+    cases.append(({"wav_path": tmp_path / "blocker" / "out.wav"}, "out.wav: cannot write"))
+    cases.append(({"wav_path": tmp_path}, f"{tmp_path}: is a folder"))
     for kwargs, message in cases:
         kwargs = {"midi_path": scale_midi, "wav_path": tmp_path / "out.wav", "soundfont": TIMGM, **kwargs}
         with pytest.raises(ApolloError) as error:
@@ -232,7 +232,6 @@ class _NoLibrary:
     def find_spec(self, name, path=None, target=None):
         if name == "fluidsynth":
             raise ImportError("Couldn't find the FluidSynth library.")
-        return None
 
 
 def test_missing_libfluidsynth_says_how_to_install_it(scale_midi, tmp_path, monkeypatch):
