@@ -1,27 +1,281 @@
-"""Training the DCGAN: a plain loop, a run directory per run, exact resume.
+"""Training the DCGAN: one plain loop, one directory per run, exact resume.
 
-Run layout (other commands rely on it)::
+:func:`train` reads top to bottom: settle the settings (fresh or resumed), load the packed dataset,
+build the two networks, then loop: update the discriminator on a real batch against fresh fakes,
+update the generator against the updated discriminator, and every so often log, write samples,
+evaluate and save a checkpoint. There is no Trainer class and no callback: to change what happens
+in a step, change the loop.
 
-    runs/<name>/config.json          TrainConfig + ModelConfig + DatasetConfig + data path
-    runs/<name>/metrics.jsonl        append-only JSON lines
-    runs/<name>/tensorboard/         TensorBoard event files
-    runs/<name>/checkpoints/last.pt  written atomically
-    runs/<name>/checkpoints/best.pt
-    runs/<name>/samples/step-000500/sample-00.mid ... rolls.png
+Run layout (``apollo generate`` and the docs rely on it)::
+
+    runs/<name>/config.json                 TrainConfig + ModelConfig + DatasetConfig + data path
+    runs/<name>/metrics.jsonl               append-only JSON lines: losses, D(real), D(fake), quality
+    runs/<name>/tensorboard/                the same, plus sample images, for TensorBoard
+    runs/<name>/checkpoints/last.pt         written atomically every few minutes and at the end
+    runs/<name>/checkpoints/best.pt         the checkpoint with the best mean OA so far
+    runs/<name>/samples/step-000500/        sample-00.mid ... and rolls.png, from fixed noise
+
+A new run never reuses an existing directory; ``resume`` appends to the run it continues.
+
+Exactness: the batch order is a pure function of the seed and the step (each epoch is a
+permutation drawn from ``torch.Generator().manual_seed(seed, epoch)``), and the noise comes from a
+dedicated generator whose state is saved in every checkpoint, so on CPU N steps + resume + N steps
+gives bit for bit the weights of 2N steps in one go.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["latest_checkpoint"]
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apollo import distributed
+from apollo.checkpoint import load_checkpoint, save_checkpoint
+from apollo.dataset import RollDataset, find_latest_dataset, unpack_bits
+from apollo.errors import ApolloError
+from apollo.image import roll_image, save_png
+from apollo.io import append_jsonl, write_json
+from apollo.model import PRESETS, Discriminator, Generator, ModelConfig
+from apollo.roll import ENCODINGS, PianoRoll
+
+__all__ = ["TrainConfig", "LOSSES", "train", "latest_checkpoint", "resolve_device"]
+
+LOSSES = ("bce", "wgan-gp", "hinge")
+DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
+SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
+CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
+                   "train_config", "dataset_config", "step")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Saved in config.json and every checkpoint; ``None`` means "choose for the device"."""
+
+    preset: str = "auto"  # model size: "apollo", "small", or "auto" (small on CPU, apollo on CUDA)
+    loss: str = "bce"  # "bce" (non-saturating), "wgan-gp" or "hinge"
+    steps: int | None = None  # generator updates in all (kept on resume); neither this nor minutes: 20 min
+    minutes: float | None = None  # wall-clock budget of this session; with steps, whichever ends first
+    batch_size: int = 64  # real examples per discriminator update, per process
+    lr: float = 2e-4  # generator learning rate
+    d_lr: float = 2e-4  # discriminator learning rate
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam, as in DCGAN
+    n_critic: int | None = None  # discriminator updates per generator update (None: 5 for wgan-gp, else 1)
+    gp_weight: float = 10.0  # wgan-gp only
+    label_smoothing: float = 0.0  # bce only: real examples are labelled 1 - label_smoothing
+    instance_noise: float = 0.0  # std of the Gaussian noise added to everything the discriminator sees
+    binarize: bool = False  # D sees fakes thresholded at 0.5 (straight-through gradients), as real rolls are binary
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
+    bf16: bool | None = None  # bfloat16 autocast (None: on for CUDA and CPU, where it is about 2x faster)
+    channels_last: bool | None = None  # NHWC memory layout (None: on for CUDA and CPU)
+    log_every: int = 25  # steps between metric lines
+    sample_every: int = 500  # steps between sample MIDI files + PNG (0: never)
+    eval_every: int = 500  # steps between quality evaluations (0: never)
+    checkpoint_minutes: float = 5.0  # minutes between saves of last.pt (also saved at the end)
+    n_samples: int = 8  # pieces written per sample set
+    n_eval: int = 64  # pieces generated per evaluation
+    n_reference: int = 256  # validation chunks they are compared with
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.preset not in (*PRESETS, "auto"):
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)} or auto, got {self.preset!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        for name in ("batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.steps is not None and self.steps < 0 or self.minutes is not None and self.minutes < 0:
+            raise ValueError("steps and minutes must not be negative")
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; asking for a missing device is an error."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if name == "auto":
+        name = next(kind for kind, ok in available.items() if ok)
+    if not available.get(name, False):
+        raise ApolloError(f"device {name!r} is not available here (try --device cpu)")
+    return torch.device(name)
+
+
+def settle(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """Replace every "choose for the device" setting by its choice, so the saved config says what ran."""
+    fast = device.type in ("cuda", "cpu")  # bf16 and NHWC pay off there (bench/train.py); MPS: untested
+    return dataclasses.replace(
+        config,
+        preset=("apollo" if device.type == "cuda" else "small") if config.preset == "auto" else config.preset,
+        n_critic=(5 if config.loss == "wgan-gp" else 1) if config.n_critic is None else config.n_critic,
+        bf16=fast if config.bf16 is None else config.bf16,
+        channels_last=fast if config.channels_last is None else config.channels_last,
+    )
+
+
+def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig:
+    """The preset, shaped for the dataset's rolls, with a discriminator norm that suits the loss."""
+    # WGAN-GP penalizes the critic's gradient per example, so its critic must not use batch norm,
+    # and spectral norm would fight the penalty; it gets layer norm, as in the WGAN-GP paper.
+    norm = "layer" if config.loss == "wgan-gp" else PRESETS[config.preset].discriminator_norm
+    return dataclasses.replace(
+        PRESETS[config.preset],
+        n_pitches=dataset.config.grid.n_pitches,
+        n_steps=dataset.config.n_steps,
+        roll_channels=ENCODINGS[dataset.config.encoding],
+        discriminator_norm=norm,
+    )
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+class Batches:
+    """Batches of real rolls in a fixed, seeded order, unpacked from bits on the training device.
+
+    The whole packed split moves to the GPU when it fits there, so a batch is one gather and one
+    unpack on the device, with no loader process and no stall. On the CPU the rows are gathered from
+    the memory-mapped file. Batch ``b`` is a pure function of (seed, b): epoch ``e`` is
+    ``randperm(n)`` from a ``torch.Generator`` seeded with (seed, e), and global batch ``b`` holds
+    ``batch_size * world.size`` of its indices, of which each process takes every ``world.size``-th.
+    """
+
+    def __init__(self, dataset: RollDataset, batch_size: int, seed: int, world: distributed.World) -> None:
+        self.shape = dataset.config.shape
+        self.n, self.batch_size, self.seed, self.world = len(dataset), batch_size, seed, world
+        self.device = world.device
+        if self.n == 0:
+            raise ApolloError(f"{dataset.path}: the training split is empty")
+        packed = np.asarray(dataset.packed)
+        if self.device.type == "cuda" and packed.nbytes < 0.25 * torch.cuda.mem_get_info(self.device)[0]:
+            self.packed: torch.Tensor | np.ndarray = torch.from_numpy(np.ascontiguousarray(packed)).to(self.device)
+        else:
+            self.packed = packed
+        self.global_batch = batch_size * world.size
+        self.per_epoch = max(1, self.n // self.global_batch)  # a batch never straddles two epochs
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def indices(self, b: int) -> torch.Tensor:
+        """This process's dataset indices for global batch ``b``."""
+        epoch, i = divmod(b, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=generator)
+            if self.n < self.global_batch:  # tiny data: repeat the permutation to fill a batch
+                order = order.repeat(math.ceil(self.global_batch / self.n))
+            self._epoch, self._order = epoch, order
+        chunk = self._order[i * self.global_batch : (i + 1) * self.global_batch]
+        return chunk[self.world.rank :: self.world.size]
+
+    def __call__(self, b: int) -> torch.Tensor:
+        """Real rolls [batch_size, C, pitches, steps] as float32 zeros and ones, on the device."""
+        index = self.indices(b)
+        if isinstance(self.packed, torch.Tensor):
+            rows = self.packed[index.to(self.device, non_blocking=True)]
+        else:
+            rows = torch.from_numpy(self.packed[index.numpy()])
+            if self.device.type != "cpu":
+                rows = rows.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" \
+                    else rows.to(self.device)
+        return unpack_bits(rows, self.shape, dtype=torch.float32)
+
+
+# -- losses ----------------------------------------------------------------------------------
+
+
+def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """The discriminator's loss from its logits on real and generated rolls (WGAN-GP: without penalty)."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(real, torch.full_like(real, 1.0 - smoothing)) + \
+            F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    return fake.mean() - real.mean()  # wgan-gp: the critic widens the gap between the two
+
+
+def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """The generator's loss from the discriminator's logits on its rolls."""
+    if kind == "bce":  # the non-saturating form: -log D(G(z)), which keeps gradients when D wins
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    return -fake.mean()
+
+
+def gradient_penalty(scores: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: (|grad of the critic at points between real and fake| - 1) squared, averaged."""
+    (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
+    return ((grad.float().flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def grad_norm(module: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+# -- samples and quality ---------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_rolls(generator: Generator, noise: torch.Tensor, dataset_config, batch: int = 64) -> list[PianoRoll]:
+    """Rolls from the generator in eval mode (as ``apollo generate`` runs it), in float32."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        probs = torch.cat([generator(z).float().cpu() for z in noise.split(batch)])
+    finally:
+        generator.train(was_training)
+    return [
+        PianoRoll.decode(p.numpy(), dataset_config.encoding, dataset_config.grid, tempo=SAMPLE_TEMPO)
+        for p in probs
+    ]
+
+
+def write_samples(rolls: list[PianoRoll], folder: Path) -> np.ndarray:
+    """sample-NN.mid for each roll and rolls.png of them all; returns the picture for TensorBoard."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, roll in enumerate(rolls):
+        roll.to_midi(folder / f"sample-{i:02d}.mid")
+    save_png(rolls, folder / "rolls.png")
+    return np.concatenate([roll_image(roll, scale=1) for roll in rolls])
+
+
+def evaluate(generated: list[PianoRoll], reference: list[PianoRoll]) -> dict[str, float | None]:
+    """Quality of generated rolls against validation rolls (:func:`apollo.evaluate.compare`).
+
+    "mean_oa" (higher is better) chooses best.pt. Values that are undefined for these samples
+    (nan: e.g. polyphony of silent rolls) become None, so that metrics.jsonl stays valid JSON.
+    """
+    from apollo.evaluate import compare
+
+    return {key: value if math.isfinite(value) else None for key, value in compare(generated, reference).items()}
+
+
+# -- run directories and checkpoints ---------------------------------------------------------
 
 
 def latest_checkpoint(root: str | Path = "runs", which: str = "best") -> Path | None:
     """The newest run's ``checkpoints/<which>.pt`` (``best`` falls back to ``last``), or None.
 
-    "Newest" is the run whose chosen checkpoint was written most recently, so a run that is
-    still training (or was just resumed) wins over an older one started later.
+    The newest run is the one that saved a checkpoint most recently, so a run that was just
+    resumed wins over an older one started later.
     """
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
@@ -30,9 +284,362 @@ def latest_checkpoint(root: str | Path = "runs", which: str = "best") -> Path | 
         return None
     found = []
     for run in root.iterdir():
-        for name in (which, "last"):
-            path = run / "checkpoints" / f"{name}.pt"
-            if path.is_file():
-                found.append((path.stat().st_mtime, path))
-                break
+        saved = [run / "checkpoints" / f"{name}.pt" for name in ("best", "last")]
+        saved = [path for path in saved if path.is_file()]
+        if saved:
+            newest = max(path.stat().st_mtime for path in saved)
+            chosen = next((path for path in saved if path.stem == which), saved[-1])
+            found.append((newest, chosen))
     return max(found)[1] if found else None
+
+
+def new_run_dir(run: str | Path | None, root: str | Path = "runs") -> Path:
+    """Claim a fresh run directory: ``run`` if given (it must not exist), else ``root/<date-time>``."""
+    if run is not None:
+        path = Path(run)
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            raise ApolloError(f"{path} already exists: pick a new --run name, or --resume {path}") from None
+        return path
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = Path(root) / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)  # mkdir is atomic: two runs started together get different names
+            return path
+        except FileExistsError:
+            continue
+    raise ApolloError(f"could not find a free run name under {root}")
+
+
+def find_run(run: str | Path, root: str | Path = "runs") -> Path:
+    """The run to resume: a path, or a name under ``root``; it must hold checkpoints/last.pt."""
+    for path in (Path(run), Path(root) / run):
+        if (path / "checkpoints" / "last.pt").is_file():
+            return path
+    raise ApolloError(f"no run to resume at {run} (no checkpoints/last.pt there or under {root}/)")
+
+
+def read_training_checkpoint(path: Path) -> dict:
+    """A training checkpoint, checked for the keys resuming needs (loading never runs its code)."""
+    state = load_checkpoint(path)
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise ApolloError(f"{path}: not an Apollo training checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[dict]:
+    """Turn the first Ctrl-C (or SIGTERM) into a request to stop after the current step.
+
+    Stopping between steps keeps the saved state exact for resume. A second Ctrl-C interrupts at
+    once. Only the main thread can receive signals; elsewhere this does nothing.
+    """
+    request = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame) -> None:
+        request["stop"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C is immediate
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def say(message: str) -> None:
+    """A line for the person at the terminal, printed cleanly under the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+# -- the training loop -----------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    data: str | Path | None = None,
+    run: str | Path | None = None,
+    resume: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    progress: bool = True,
+) -> Path:
+    """Train the DCGAN and return the run directory.
+
+    Parameters
+    ----------
+    config
+        How to train (defaults: :class:`TrainConfig`). When resuming, everything comes from the
+        checkpoint except how long to go on (``steps``, ``minutes``) and the ``device``.
+    data
+        A preprocessed dataset folder; default: the most recent one under ``datasets/``.
+    run
+        The new run's directory; default: ``<runs_root>/<date-time>``. It must not exist yet.
+    resume
+        A run directory (or name under ``runs_root``) to continue from its ``last.pt``.
+    progress
+        Show a progress bar.
+
+    Raises
+    ------
+    ApolloError
+        No dataset, no run to resume, an unreadable or tampered checkpoint, a missing device.
+    """
+    # 1. Settings: the resumed run's own, or fresh ones.
+    state = None
+    if resume is not None:
+        run_dir = find_run(resume, runs_root)
+        state = read_training_checkpoint(run_dir / "checkpoints" / "last.pt")
+        try:
+            saved = TrainConfig(**{**state["train_config"], "betas": tuple(state["train_config"]["betas"])})
+        except (TypeError, ValueError) as error:
+            raise ApolloError(f"{run_dir}: the checkpoint's train_config is not usable ({error})") from None
+        if config is not None:  # how long and where may change; None keeps the run's own
+            saved = dataclasses.replace(
+                saved,
+                steps=saved.steps if config.steps is None else config.steps,
+                minutes=saved.minutes if config.minutes is None else config.minutes,
+                device=config.device,
+            )
+        config = saved
+        data = Path(state["data"])
+    config = config or TrainConfig()
+    data = Path(data) if data is not None else find_latest_dataset()
+
+    device = resolve_device(config.device)
+    world = distributed.init(device)
+    device = world.device
+    config = settle(config, device)
+    if config.steps is None and config.minutes is None:
+        config = dataclasses.replace(config, minutes=DEFAULT_MINUTES)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # 2. Data: the training split as packed bits, a fixed slice of validation rolls to compare with.
+    train_set = RollDataset(data, split="train")
+    dataset_config = dataclasses.asdict(train_set.config)
+    if state is not None and state["dataset_config"] != dataset_config:
+        raise ApolloError(f"{data} is not the dataset this run was trained on (its config differs)")
+    batches = Batches(train_set, config.batch_size, config.seed, world)
+
+    # 3. The two networks and their optimizers, from the same seed on every process.
+    model_config = ModelConfig(**state["model_config"]) if state else model_config_for(config, train_set)
+    torch.manual_seed(config.seed)
+    G, D = Generator(model_config).to(device), Discriminator(model_config).to(device)
+    g_opt = torch.optim.Adam(G.parameters(), lr=config.lr, betas=config.betas)
+    d_opt = torch.optim.Adam(D.parameters(), lr=config.d_lr, betas=config.betas)
+    # Noise (latent vectors, instance noise, penalty mixing) comes from a generator reseeded from
+    # (seed, rank, step) at every step, so it is the same after a resume and differs per process.
+    noise_rng = torch.Generator(device)
+    step, best = 0, None
+    if state is not None:
+        try:
+            G.load_state_dict(state["generator"])
+            D.load_state_dict(state["discriminator"])
+            g_opt.load_state_dict(state["g_optimizer"])
+            d_opt.load_state_dict(state["d_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ApolloError(f"{run_dir}: the checkpoint does not fit its model config ({str(error)[:200]})") from None
+        step, best = state["step"], state.get("best_metric")
+        if isinstance(state.get("torch_rng"), torch.Tensor):
+            torch.set_rng_state(state["torch_rng"])
+    if config.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    G_plain, D_plain = G, D  # the modules themselves, for sampling and for D inside the G step
+    if world.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        G = nn.parallel.DistributedDataParallel(G, device_ids=ids)
+        D = nn.parallel.DistributedDataParallel(D, device_ids=ids)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(config.bf16) and device.type != "mps")
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+
+    # 4. The run directory (main process only): config, logs, and what stays fixed across resumes.
+    fixed_noise = G_plain.sample_noise(max(config.n_samples, config.n_eval),
+                                       torch.Generator().manual_seed(config.seed + 1)).to(device)
+    if world.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if state is None:
+            run_dir = new_run_dir(run, runs_root)
+            write_json(run_dir / "config.json", {
+                "train_config": dataclasses.asdict(config), "model_config": dataclasses.asdict(model_config),
+                "dataset_config": dataset_config, "data": str(data), "device": str(device),
+                "world_size": world.size,
+            })
+        # purge_step drops TensorBoard events past the checkpoint, which a resumed run redoes.
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if state else None)
+        metrics = run_dir / "metrics.jsonl"
+        append_jsonl(metrics, {"event": "resume" if state else "start", "step": step, "steps": config.steps,
+                               "minutes": config.minutes, "device": str(device), "world_size": world.size})
+        reference: list[PianoRoll] = []
+        if config.eval_every:
+            val_set = RollDataset(data, split="val")
+            val_set = val_set if len(val_set) else train_set
+            pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(config.seed))
+            reference = val_set.rolls(sorted(pick[: config.n_reference].tolist()))
+    elif state is None:
+        run_dir = Path(run or runs_root)  # the other processes write nothing
+
+    def checkpoint(name: str) -> None:
+        save_checkpoint(run_dir / "checkpoints" / f"{name}.pt", {
+            "generator": G_plain.state_dict(), "discriminator": D_plain.state_dict(),
+            "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
+            "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(config),
+            "dataset_config": dataset_config, "data": str(data), "step": step, "best_metric": best,
+            "torch_rng": torch.get_rng_state(),
+        })
+
+    def write_sample_set() -> None:
+        rolls = generate_rolls(G_plain, fixed_noise[: config.n_samples], train_set.config)
+        picture = write_samples(rolls, run_dir / "samples" / f"step-{step:06d}")
+        writer.add_image("samples", picture, step, dataformats="HWC")
+
+    def evaluate_and_keep_best() -> None:
+        nonlocal best
+        quality = evaluate(generate_rolls(G_plain, fixed_noise[: config.n_eval], train_set.config), reference)
+        append_jsonl(metrics, {"step": step, **{f"eval/{key}": value for key, value in quality.items()}})
+        for key, value in quality.items():
+            if value is not None:
+                writer.add_scalar(f"eval/{key}", value, step)
+        if quality["mean_oa"] is not None and (best is None or quality["mean_oa"] > best):
+            best = quality["mean_oa"]
+            checkpoint("best")
+
+    # 5. The loop.
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True,
+               disable=not (progress and world.main))
+    kind, n_critic, sigma = config.loss, config.n_critic, config.instance_noise
+    as_prob = torch.sigmoid if kind == "bce" else torch.as_tensor  # D(x) as a probability where it is one
+    stats = torch.zeros(5, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty
+    n_stats, interval_start = 0, time.perf_counter()
+    started = last_save = time.monotonic()
+    reason = "done"
+    G.train(), D.train()
+    with stop_on_signal() as request:
+        while True:
+            # Stop between steps only, so that a checkpoint always holds a whole step.
+            if config.steps is not None and step >= config.steps:
+                break
+            out_of_time = config.minutes is not None and time.monotonic() - started >= 60 * config.minutes
+            if (step % config.log_every == 0 or not world.distributed) and \
+                    distributed.agree(world, request["stop"] or out_of_time):
+                reason = "interrupted" if request["stop"] else "time"
+                break
+            log_now = (step + 1) % config.log_every == 0
+            noise_rng.manual_seed(((config.seed * 1_000_003 + world.rank) * 1_000_000_007 + step) % 2**63)
+
+            # Discriminator: n_critic updates, each on a fresh real batch against fresh fakes.
+            for k in range(n_critic):
+                real = batches(step * n_critic + k).contiguous(memory_format=layout)
+                noise = torch.randn(real.shape[0], *model_config.noise_shape, device=device, generator=noise_rng)
+                last = k == n_critic - 1
+                with autocast, torch.set_grad_enabled(last):  # the last fakes also train G below
+                    fake = G(noise.contiguous(memory_format=layout))
+                    if config.binarize:  # forward: 0/1 cells like the real rolls; backward: identity
+                        fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
+                with autocast:
+                    seen_real, seen_fake = real, fake.detach()
+                    if sigma:  # instance noise: blur the line between binary real and soft fake cells
+                        seen_real = seen_real + sigma * torch.randn(real.shape, device=device, generator=noise_rng)
+                        seen_fake = seen_fake + sigma * torch.randn(real.shape, device=device, generator=noise_rng)
+                    inputs = [seen_real, seen_fake]
+                    if kind == "wgan-gp":
+                        alpha = torch.rand(real.shape[0], 1, 1, 1, device=device, generator=noise_rng)
+                        mixed = (alpha * seen_real + (1 - alpha) * seen_fake).detach().requires_grad_(True)
+                        inputs.append(mixed)
+                    # One pass over real and fake together: one forward per backward, as DDP wants.
+                    scores = D(torch.cat(inputs).contiguous(memory_format=layout)).float()
+                    real_scores, fake_scores = scores[: len(real)], scores[len(real) : 2 * len(real)]
+                    d_loss = discriminator_loss(kind, real_scores, fake_scores, config.label_smoothing)
+                    penalty = torch.zeros((), device=device)
+                    if kind == "wgan-gp":
+                        penalty = gradient_penalty(scores[2 * len(real) :], mixed)
+                        d_loss = d_loss + config.gp_weight * penalty
+                d_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                if log_now and last:
+                    d_norm = grad_norm(D_plain)
+                d_opt.step()
+
+            # Generator: fool the updated discriminator. D_plain (not the DDP wrapper) with its
+            # weights frozen: only G's gradients are wanted, and only G's need averaging.
+            D_plain.requires_grad_(False)
+            with autocast:
+                seen_fake = fake + sigma * torch.randn(fake.shape, device=device, generator=noise_rng) if sigma else fake
+                g_loss = generator_loss(kind, D_plain(seen_fake.contiguous(memory_format=layout)).float())
+            g_opt.zero_grad(set_to_none=True)
+            g_loss.backward()
+            if log_now:
+                g_norm = grad_norm(G_plain)
+            g_opt.step()
+            D_plain.requires_grad_(True)
+            step += 1
+
+            # Bookkeeping, without a device sync on most steps: sums stay on the device.
+            stats += torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
+                                  as_prob(fake_scores.detach()).mean(), penalty.detach()])
+            n_stats += 1
+            bar.update(1)
+            if log_now and world.main:
+                d_loss_, g_loss_, d_real, d_fake, pen = (stats / n_stats).tolist()
+                now = time.perf_counter()
+                speed = n_stats * n_critic * config.batch_size * world.size / (now - interval_start)
+                record = {"step": step, "time": round(time.monotonic() - started, 2), "d_loss": d_loss_,
+                          "g_loss": g_loss_, "d_real": d_real, "d_fake": d_fake,
+                          "d_grad_norm": d_norm.item(), "g_grad_norm": g_norm.item(), "samples_per_s": speed}
+                if kind == "wgan-gp":
+                    record["penalty"] = pen
+                append_jsonl(metrics, record)
+                for key, value in record.items():
+                    if key not in ("step", "time"):
+                        writer.add_scalar(key, value, step)
+                bar.set_postfix(d=f"{d_loss_:.3f}", g=f"{g_loss_:.3f}", real=f"{d_real:.2f}",
+                                fake=f"{d_fake:.2f}", sps=f"{speed:.0f}")
+            if log_now:
+                stats.zero_()
+                n_stats, interval_start = 0, time.perf_counter()
+
+            if world.main and config.sample_every and step % config.sample_every == 0:
+                write_sample_set()
+            if world.main and config.eval_every and step % config.eval_every == 0:
+                evaluate_and_keep_best()
+            if world.main and time.monotonic() - last_save >= 60 * config.checkpoint_minutes:
+                checkpoint("last")
+                last_save = time.monotonic()
+
+    # 6. Save where we stopped, and say how to go on.
+    bar.close()
+    if world.distributed:
+        # Batch-norm running statistics drift apart between DDP's broadcasts: end identical.
+        for buffer in G_plain.buffers():
+            torch.distributed.broadcast(buffer, 0)
+    if world.main:
+        if reason != "interrupted":  # a last look at where training ended (Ctrl-C wants out fast)
+            if config.sample_every and step % config.sample_every:
+                write_sample_set()
+            if config.eval_every and step % config.eval_every:
+                evaluate_and_keep_best()
+        checkpoint("last")
+        append_jsonl(metrics, {"event": "stop", "step": step, "reason": reason,
+                               "time": round(time.monotonic() - started, 2)})
+        writer.close()
+        last = run_dir / "checkpoints" / "last.pt"
+        if reason == "done":
+            say(f"Trained {step} steps; saved {last}")
+        else:
+            say(f"Stopped at step {step} ({'Ctrl-C' if reason == 'interrupted' else 'time is up'}); "
+                f"saved {last}. Continue with: apollo train --resume {run_dir}")
+    distributed.shutdown(world)
+    return run_dir

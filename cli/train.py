@@ -1,0 +1,63 @@
+"""``apollo train``: train the DCGAN on a preprocessed dataset (see apollo.train)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from apollo.model import PRESETS
+from apollo.train import LOSSES, TrainConfig, train as run_training
+
+# What a resumed run may change: how long it goes on and where. Everything else would make the
+# continuation a different run.
+RESUMABLE = ("steps", "minutes", "device", "resume", "progress")
+
+
+@click.command("train")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder (default: the newest under datasets/).")
+@click.option("--run", type=click.Path(path_type=Path), help="New run folder (default: runs/<date-time>); must not exist.")
+@click.option("--resume", type=click.Path(path_type=Path), metavar="RUN", help="Continue the run in this folder (or runs/RUN) from its last checkpoint.")
+@click.option("--preset", default="auto", show_default=True, type=click.Choice([*PRESETS, "auto"]), help="Model size; auto: small on CPU, apollo on a GPU.")
+@click.option("--loss", default="bce", show_default=True, type=click.Choice(LOSSES), help="GAN loss.")
+@click.option("--steps", type=click.IntRange(min=0), help="Train until this many generator updates in all.")
+@click.option("--minutes", type=click.FloatRange(min=0), help="Train for this long (default: 20 unless --steps is given).")
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(min=1), help="Real rolls per update (per GPU with torchrun).")
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Learning rate of the generator (the discriminator's keeps its ratio to it).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where to train.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for weights, noise and batch order.")
+@click.option("--sample-every", default=TrainConfig.sample_every, show_default=True, type=click.IntRange(min=0), help="Steps between sample MIDI files and PNGs (0: never).")
+@click.option("--eval-every", default=TrainConfig.eval_every, show_default=True, type=click.IntRange(min=0), help="Steps between quality evaluations that pick best.pt (0: never).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.pass_context
+def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path | None, preset: str, loss: str,
+          steps: int | None, minutes: float | None, batch_size: int, lr: float, device: str, seed: int,
+          sample_every: int, eval_every: int, progress: bool) -> None:
+    """Train the DCGAN on a preprocessed dataset.
+
+    A run folder gets the config, metrics (metrics.jsonl and TensorBoard), checkpoints (last.pt,
+    best.pt) and sample MIDI files with piano-roll PNGs. Ctrl-C stops after the current step and
+    saves; --resume continues exactly where the run stopped. For several GPUs:
+    torchrun --nproc_per_node N -m apollo train ...
+
+    \b
+    Example:
+      apollo train --minutes 20
+      apollo train --resume runs/20260101-120000 --steps 20000
+    """
+    if resume is not None:
+        changed = [name for name in ctx.params if name not in RESUMABLE
+                   and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+        if changed:
+            options = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise click.UsageError(f"--resume continues a run with its own settings; drop {options} "
+                                   "(only --steps, --minutes and --device may change)")
+        run_training(TrainConfig(steps=steps, minutes=minutes, device=device), resume=resume, progress=progress)
+        return
+    config = TrainConfig(
+        preset=preset, loss=loss, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr,
+        d_lr=lr * TrainConfig.d_lr / TrainConfig.lr, device=device, seed=seed,
+        sample_every=sample_every, eval_every=eval_every,
+    )
+    run_training(config, data=data, run=run, progress=progress)
