@@ -274,8 +274,8 @@ def evaluate(generated: list[PianoRoll], reference: list[PianoRoll]) -> dict[str
 def latest_checkpoint(root: str | Path = "runs", which: str = "best") -> Path | None:
     """The newest run's ``checkpoints/<which>.pt`` (``best`` falls back to ``last``), or None.
 
-    The newest run is the one that saved a checkpoint most recently, so a run that was just
-    resumed wins over an older one started later.
+    The newest run is the one whose chosen checkpoint was written last. (``apollo generate`` keeps
+    a copy of this rule, to start without importing the trainer; a test checks the two agree.)
     """
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
@@ -284,12 +284,11 @@ def latest_checkpoint(root: str | Path = "runs", which: str = "best") -> Path | 
         return None
     found = []
     for run in root.iterdir():
-        saved = [run / "checkpoints" / f"{name}.pt" for name in ("best", "last")]
-        saved = [path for path in saved if path.is_file()]
-        if saved:
-            newest = max(path.stat().st_mtime for path in saved)
-            chosen = next((path for path in saved if path.stem == which), saved[-1])
-            found.append((newest, chosen))
+        for name in dict.fromkeys((which, "last")):
+            path = run / "checkpoints" / f"{name}.pt"
+            if path.is_file():
+                found.append((path.stat().st_mtime, path))
+                break
     return max(found)[1] if found else None
 
 

@@ -1,0 +1,233 @@
+"""The trainer: real steps on a tiny chorale dataset, the run layout, exact resume, Ctrl-C, safe loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import apollo.train as train_module
+from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
+from apollo.cli.main import cli
+from apollo.dataset import DatasetConfig
+from apollo.errors import ApolloError
+from apollo.model import PRESETS, ModelConfig
+from apollo.preprocess import preprocess
+from apollo.train import TrainConfig, latest_checkpoint, train
+
+# Width 8 and batches of 4: every step takes milliseconds, and the loop still runs for real.
+TINY = dict(preset="tiny", batch_size=4, log_every=2, sample_every=4, eval_every=4, n_samples=2, n_eval=8,
+            n_reference=16)
+
+
+@pytest.fixture(autouse=True)
+def tiny_preset(monkeypatch):
+    monkeypatch.setitem(PRESETS, "tiny", ModelConfig(width=8))
+
+
+@pytest.fixture(scope="module")
+def data(chorale_dir, tmp_path_factory) -> Path:
+    """A real dataset: two dozen chorales through `apollo preprocess`."""
+    out = tmp_path_factory.mktemp("datasets") / "chorales"
+    preprocess(chorale_dir, out, DatasetConfig(), workers=1)
+    return out
+
+
+def weights(path: Path) -> dict:
+    state = load_checkpoint(path)
+    return {part: state[part] for part in ("generator", "discriminator", "g_optimizer", "d_optimizer")}
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    """Bit for bit: tensors by torch.equal, containers recursively."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def test_a_run_writes_config_metrics_checkpoints_and_samples(data, tmp_path):
+    run = train(TrainConfig(steps=8, **TINY), data=data, run=tmp_path / "run", progress=False)
+    assert run == tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_config"]["steps"] == 8 and config["data"] == str(data)
+    assert config["model_config"]["width"] == 8 and config["dataset_config"]["grid"]["n_pitches"] == 64
+    assert config["train_config"]["preset"] == "tiny" and config["device"] == "cpu"
+
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["event"] == "start" and lines[-1] == {**lines[-1], "event": "stop", "step": 8, "reason": "done"}
+    logged = [line for line in lines if "d_loss" in line]
+    assert [line["step"] for line in logged] == [2, 4, 6, 8]
+    for line in logged:
+        assert 0 < line["d_real"] < 1 and 0 < line["d_fake"] < 1 and line["samples_per_s"] > 0
+        assert line["d_grad_norm"] > 0 and line["g_grad_norm"] > 0
+    evaluated = [line for line in lines if "eval/mean_oa" in line]
+    assert [line["step"] for line in evaluated] == [4, 8] and 0 <= evaluated[0]["eval/mean_oa"] <= 1
+
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+    for step in (4, 8):
+        folder = run / "samples" / f"step-{step:06d}"
+        assert sorted(p.name for p in folder.iterdir()) == ["rolls.png", "sample-00.mid", "sample-01.mid"]
+    assert any((run / "tensorboard").iterdir())
+
+
+def test_the_checkpoint_alone_rebuilds_the_generator(data, tmp_path):
+    run = train(TrainConfig(steps=2, **TINY), data=data, run=tmp_path / "run", progress=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["dataset_config"]["encoding"] == "onset" and state["dataset_config"]["n_steps"] == 256
+    assert state["dataset_config"]["grid"] == {"lowest_pitch": 30, "n_pitches": 64, "steps_per_beat": 4}
+    assert state["train_config"]["loss"] == "bce" and state["step"] == 2
+    generator, meta = load_generator(run / "checkpoints" / "last.pt")
+    assert meta["model_config"]["width"] == 8
+    rolls = generator(generator.sample_noise(3))
+    assert rolls.shape == (3, 2, 64, 256) and 0 <= rolls.min() and rolls.max() <= 1
+
+
+def test_n_steps_resume_n_steps_equals_2n_steps_bit_for_bit(data, tmp_path):
+    once = train(TrainConfig(steps=6, **TINY), data=data, run=tmp_path / "once", progress=False)
+    half = train(TrainConfig(steps=3, **TINY), data=data, run=tmp_path / "half", progress=False)
+    again = train(TrainConfig(steps=6), resume=half, progress=False)
+    assert again == half
+    assert_identical(weights(once / "checkpoints" / "last.pt"), weights(half / "checkpoints" / "last.pt"))
+    events = [json.loads(line).get("event") for line in (half / "metrics.jsonl").read_text().splitlines()]
+    assert [e for e in events if e] == ["start", "stop", "resume", "stop"]
+
+
+def test_ctrl_c_saves_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
+    once = train(TrainConfig(steps=5, **TINY), data=data, run=tmp_path / "once", progress=False)
+
+    real_batches = train_module.Batches.__call__
+
+    def interrupt_during_batch_2(self, b):
+        if b == 2:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: the step in progress finishes
+        return real_batches(self, b)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module.Batches, "__call__", interrupt_during_batch_2)
+        run = train(TrainConfig(steps=5, **TINY), data=data, run=tmp_path / "stopped", progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+    message = capsys.readouterr().err
+    assert "Stopped at step 3 (Ctrl-C)" in message and f"apollo train --resume {run}" in message
+
+    train(resume=run, progress=False)  # the run's own target: 5 steps
+    assert_identical(weights(once / "checkpoints" / "last.pt"), weights(run / "checkpoints" / "last.pt"))
+
+
+@pytest.mark.parametrize("loss", ["wgan-gp", "hinge"])
+def test_other_losses_train(data, tmp_path, loss):
+    run = train(TrainConfig(steps=2, loss=loss, **{**TINY, "eval_every": 0}), data=data, run=tmp_path / "run",
+                progress=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["train_config"]["n_critic"] == (5 if loss == "wgan-gp" else 1)
+    # The WGAN-GP critic is normalized per example (layer norm): no batch norm, no spectral norm.
+    assert state["model_config"]["discriminator_norm"] == ("layer" if loss == "wgan-gp" else "spectral")
+    line = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "d_loss" in x][-1]
+    assert all(torch.isfinite(torch.tensor(line[key])) for key in ("d_loss", "g_loss", "d_real", "d_fake"))
+    if loss == "wgan-gp":
+        assert line["penalty"] >= 0
+
+
+class Trap:
+    """Unpickling this would create a file: what a malicious checkpoint does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_tampered_checkpoint_is_refused_without_running_it(data, tmp_path):
+    run = train(TrainConfig(steps=1, **{**TINY, "eval_every": 0, "sample_every": 0}), data=data,
+                run=tmp_path / "run", progress=False)
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    evidence = tmp_path / "pwned"
+    torch.save({**state, "step": Trap(evidence)}, last)
+    with pytest.raises(ApolloError) as error:
+        train(resume=run, progress=False)
+    assert not evidence.exists()
+    assert "refused to load" in str(error.value) and "\n" not in str(error.value)
+
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run)])
+    assert result.exit_code == 1 and not evidence.exists()
+    assert result.output.count("\n") == 1 and "refused to load" in result.output and "Traceback" not in result.output
+
+
+def test_a_checkpoint_that_is_not_a_training_checkpoint_is_refused(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", {"generator": {}})
+    with pytest.raises(ApolloError, match="not an Apollo training checkpoint"):
+        train(resume=tmp_path / "run", progress=False)
+
+
+def test_runs_are_never_reused(data, tmp_path):
+    root = tmp_path / "runs"
+    first = train(TrainConfig(steps=0, **TINY), data=data, runs_root=root, progress=False)
+    second = train(TrainConfig(steps=0, **TINY), data=data, runs_root=root, progress=False)
+    assert first != second and first.parent == second.parent == root
+    with pytest.raises(ApolloError, match="already exists"):
+        train(TrainConfig(steps=0, **TINY), data=data, run=first, progress=False)
+
+
+def test_latest_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    assert latest_checkpoint(runs) is None
+    for name, which, age in (("old", "best", 100), ("mid", "last", 50), ("new", "last", 0), ("new", "best", 10)):
+        path = runs / name / "checkpoints" / f"{which}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (path.stat().st_atime - age,) * 2)
+    assert latest_checkpoint(runs) == runs / "new" / "checkpoints" / "best.pt"
+    assert latest_checkpoint(runs, "last") == runs / "new" / "checkpoints" / "last.pt"
+    (runs / "new" / "checkpoints" / "best.pt").unlink()
+    (runs / "new" / "checkpoints" / "last.pt").unlink()
+    assert latest_checkpoint(runs) == runs / "mid" / "checkpoints" / "last.pt"  # best falls back to last
+
+
+def test_the_command_line(data, tmp_path, monkeypatch):
+    monkeypatch.setitem(PRESETS, "small", PRESETS["tiny"])  # `apollo train` on CPU picks small
+    runner = CliRunner()
+    args = ["train", "--data", str(data), "--steps", "2", "--batch-size", "4", "--no-progress",
+            "--sample-every", "2", "--eval-every", "0"]
+    result = runner.invoke(cli, [*args, "--run", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "Trained 2 steps" in result.output and (tmp_path / "run" / "samples" / "step-000002" / "rolls.png").is_file()
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_config"]["preset"] == "small"
+
+    result = runner.invoke(cli, ["train", "--resume", str(tmp_path / "run"), "--steps", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+
+    for bad, message in (
+        ([*args, "--run", str(tmp_path / "run")], "already exists"),
+        (["train", "--data", str(tmp_path / "nothing")], "not a finished dataset"),
+        (["train", "--resume", str(tmp_path / "nope")], "no run to resume"),
+    ):
+        result = runner.invoke(cli, bad)
+        assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
+    result = runner.invoke(cli, ["train", "--resume", str(tmp_path / "run"), "--lr", "0.1"])
+    assert result.exit_code == 2 and "drop --lr" in result.output
+
+
+def test_no_dataset_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["train", "--steps", "1"])
+    assert result.exit_code == 1 and "no dataset in datasets/" in result.output
