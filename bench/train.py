@@ -1,0 +1,173 @@
+"""Training throughput: ``apollo train`` beside a bare training step of the same model.
+
+    python bench/train.py                          # small preset on this machine's default device
+    python bench/train.py --preset apollo --steps 6
+    python bench/train.py --variants               # the bare step in fp32 / bf16 x NCHW / NHWC
+    python bench/train.py --device cuda --preset apollo --batch-size 256
+
+The bare step is the trainer's update with nothing around it: random binary rolls already on the
+device, one discriminator update on real + fake, one generator update, in the precision and memory
+layout the trainer uses. The trainer is :func:`apollo.train.train` on a real dataset, timed from its
+own metrics lines (so start-up is left out, but batch gathering and unpacking, logging and the
+progress bar are in). Sample sets, evaluations and checkpoints happen every few hundred steps; each
+is timed once and its cost spread over its default interval. The bare step and the trainer take
+turns, ``--repeats`` times, so that both see the same load on a shared machine; the table shows
+medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
+from apollo.dataset import RollDataset, find_latest_dataset
+from apollo.train import (TrainConfig, discriminator_loss, generate_rolls, generator_loss, evaluate,
+                          model_config_for, resolve_device, settle, train, write_samples)
+from apollo.model import Discriminator, Generator, ModelConfig
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_rate(config: TrainConfig, model_config: ModelConfig, device: torch.device, steps: int, warmup: int) -> float:
+    """Samples per second of the bare update on random rolls (about 4 % of cells set, like music)."""
+    torch.manual_seed(0)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    G = Generator(model_config).to(device).to(memory_format=layout)
+    D = Discriminator(model_config).to(device).to(memory_format=layout)
+    g_opt = torch.optim.Adam(G.parameters(), lr=config.lr, betas=config.betas)
+    d_opt = torch.optim.Adam(D.parameters(), lr=config.d_lr, betas=config.betas)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(config.bf16))
+    b = config.batch_size
+    real = (torch.rand(b, model_config.roll_channels, model_config.n_pitches, model_config.n_steps,
+                       device=device) < 0.04).float().contiguous(memory_format=layout)
+
+    def step() -> None:
+        noise = torch.randn(b, *model_config.noise_shape, device=device).contiguous(memory_format=layout)
+        with autocast:
+            fake = G(noise)
+            if config.binarize:
+                fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
+            scores = D(torch.cat([real, fake.detach()]).contiguous(memory_format=layout)).float()
+            d_loss = discriminator_loss(config.loss, scores[:b], scores[b:], config.label_smoothing)
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        D.requires_grad_(False)
+        with autocast:
+            g_loss = generator_loss(config.loss, D(fake).float())
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+        D.requires_grad_(True)
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * b / (time.perf_counter() - start)
+
+
+def trainer_rate(config: TrainConfig, data: Path, steps: int, warmup: int, out: Path) -> tuple[float, Path]:
+    """Samples per second of apollo.train.train between its metrics lines after ``warmup`` steps."""
+    config = dataclasses.replace(config, steps=warmup + steps, log_every=1, sample_every=0, eval_every=0)
+    run = train(config, data=data, run=out, progress=True)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    timed = {line["step"]: line["time"] for line in lines if "d_loss" in line}
+    return steps * config.batch_size / (timed[warmup + steps] - timed[warmup]), run
+
+
+def event_costs(config: TrainConfig, run: Path, data: Path) -> dict[str, float]:
+    """Seconds for one sample set, one evaluation and one checkpoint save, with the trained model."""
+    generator, _ = load_generator(run / "checkpoints" / "last.pt")
+    dataset = RollDataset(data)
+    val = RollDataset(data, "val")
+    reference = (val if len(val) else dataset).rolls(range(min(config.n_reference, len(val) or len(dataset))))
+    noise = generator.sample_noise(max(config.n_samples, config.n_eval), torch.Generator().manual_seed(0))
+    costs = {}
+    start = time.perf_counter()
+    write_samples(generate_rolls(generator, noise[: config.n_samples], dataset.config), run / "bench-samples")
+    costs["sample set"] = time.perf_counter() - start
+    evaluate(generate_rolls(generator, noise[: config.n_eval], dataset.config), reference)  # fills the reference cache
+    start = time.perf_counter()
+    evaluate(generate_rolls(generator, noise[: config.n_eval], dataset.config), reference)
+    costs["evaluation"] = time.perf_counter() - start
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    start = time.perf_counter()
+    save_checkpoint(run / "bench.pt", state)
+    costs["checkpoint"] = time.perf_counter() - start
+    return costs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="dataset (default: the newest under datasets/)")
+    parser.add_argument("--preset", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", action="store_true", help="time the bare step in fp32/bf16 x NCHW/NHWC")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    data = args.data or find_latest_dataset()
+    config = settle(TrainConfig(preset=args.preset, device=args.device, batch_size=args.batch_size), device)
+    model_config = model_config_for(config, RollDataset(data))
+    cpu = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"{config.preset} preset, batch {config.batch_size}, {device.type} ({cpu}), torch {torch.__version__}")
+
+    if args.variants:
+        variants = {f"{'bf16' if bf16 else 'fp32'} {'NHWC' if nhwc else 'NCHW'}":
+                    dataclasses.replace(config, bf16=bf16, channels_last=nhwc)
+                    for bf16 in (False, True) for nhwc in (False, True)}
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):  # round robin, so that every variant sees the same load
+            for name, variant in variants.items():
+                rates[name].append(bare_rate(variant, model_config, device, args.steps, args.warmup))
+        base = statistics.median(rates["fp32 NCHW"])
+        for name, values in rates.items():
+            median = statistics.median(values)
+            print(f"  bare step {name}: {median:8.1f} samples/s  ({median / base:.2f}x)  runs: "
+                  + " ".join(f"{v:.1f}" for v in values))
+        return
+
+    bare, trainer = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            bare.append(bare_rate(config, model_config, device, args.steps, args.warmup))
+            rate, run = trainer_rate(config, data, args.steps, args.warmup, Path(tmp) / f"run{i}")
+            trainer.append(rate)
+        costs = event_costs(config, run, data)
+    bare_median, trainer_median = statistics.median(bare), statistics.median(trainer)
+    print(f"  bare step: {bare_median:8.1f} samples/s   runs: " + " ".join(f"{v:.1f}" for v in bare))
+    print(f"  trainer:   {trainer_median:8.1f} samples/s   runs: " + " ".join(f"{v:.1f}" for v in trainer))
+    # Periodic work, spread over its default interval at the trainer's pace.
+    step_seconds = config.batch_size / trainer_median
+    spread = {
+        "sample set": costs["sample set"] / (config.sample_every * step_seconds),
+        "evaluation": costs["evaluation"] / (config.eval_every * step_seconds),
+        "checkpoint": costs["checkpoint"] / (60 * config.checkpoint_minutes),
+    }
+    for name, share in spread.items():
+        print(f"  {name}: {costs[name]:.2f} s each, {100 * share:.2f} % of the time at the default interval")
+    overall = trainer_median / (1 + sum(spread.values()))
+    print(f"  trainer with periodic work: {overall:.1f} samples/s = {100 * overall / bare_median:.0f} % of the bare step")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The DCGAN: shapes, ApolloGAN's sizes, normalizations, and configs that refuse impossible shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from apollo.model import PRESETS, Discriminator, Generator, ModelConfig, count_parameters
+
+
+def test_apollo_preset_has_apollogans_sizes():
+    config = PRESETS["apollo"]
+    assert config.noise_shape == (7, 2, 8)
+    assert config.hidden_widths == [1024, 512, 256, 128]
+    g, d = Generator(config), Discriminator(config)
+    assert round(count_parameters(g) / 1e6, 1) == 11.1
+    assert round(count_parameters(d) / 1e6, 1) == 14.2
+    dense = [m for m in d.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in dense] == [(2048, 512), (512, 1)]
+    strided = [m for m in [*g.modules(), *d.modules()] if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert len(strided) == 10 and all(m.stride == (2, 2) for m in strided)
+
+
+@pytest.mark.parametrize("norm", ["spectral", "batch", "layer", "none"])
+def test_shapes_from_noise_to_logit(norm):
+    config = ModelConfig(width=8, discriminator_norm=norm)
+    g, d = Generator(config), Discriminator(config)
+    rolls = g(g.sample_noise(3))
+    assert rolls.shape == (3, 2, 64, 256) and 0 <= rolls.min() and rolls.max() <= 1
+    assert torch.allclose(torch.sigmoid(g.logits(g.sample_noise(3, torch.Generator().manual_seed(1)))),
+                          g(g.sample_noise(3, torch.Generator().manual_seed(1))))
+    assert d(rolls).shape == (3,)
+    has_batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    assert has_batch_norm == (norm == "batch")
+
+
+def test_other_grids_and_encodings():
+    config = ModelConfig(width=8, roll_channels=1, n_pitches=96, n_steps=128, n_layers=4)
+    g, d = Generator(config), Discriminator(config)
+    assert config.noise_shape == (7, 6, 8)
+    assert g(g.sample_noise(2)).shape == (2, 1, 96, 128) and d(g(g.sample_noise(2))).shape == (2,)
+
+
+def test_channels_last_and_bf16_give_the_same_shapes():
+    config = ModelConfig(width=8)
+    g, d = Generator(config).to(memory_format=torch.channels_last), Discriminator(config).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = d(g(g.sample_noise(2).contiguous(memory_format=torch.channels_last)))
+    assert scores.shape == (2,) and torch.isfinite(scores.float()).all()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(n_steps=250), "multiples of"),
+        (dict(n_layers=1), "at least 2"),
+        (dict(kernel=3), "even"),
+        (dict(discriminator_norm="group"), "discriminator_norm"),
+        (dict(generator_norm="spectral"), "generator_norm"),
+    ],
+)
+def test_impossible_configs_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**changes)
+
+
+def test_config_round_trips_through_a_dict():
+    config = ModelConfig(width=16, discriminator_norm="layer")
+    assert ModelConfig(**config.to_dict()) == config
