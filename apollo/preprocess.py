@@ -170,8 +170,6 @@ def chunk_piece(notes: MidiNotes, config: DatasetConfig) -> dict[str, np.ndarray
     # Every (start, shift) pair is one window; a shift of s delays the music by s steps.
     window = (starts[None, :] - shifts[:, None]).reshape(-1)
     shift_of = np.repeat(shifts, len(starts))
-    left = max(0, -int(window.min()))  # silence before step 0, for shifted first windows
-    right = max(0, int(window.max()) + width - end)  # silence after the end, for the last windows
 
     rows, offsets, transposes, shift_column = [], [], [], []
     for semitones in config.transpositions:
@@ -183,9 +181,11 @@ def chunk_piece(notes: MidiNotes, config: DatasetConfig) -> dict[str, np.ndarray
         keep = onsets[hi] - onsets[lo] >= max(config.min_notes, 1)
         if not keep.any():
             continue
-        planes = np.pad(roll.encode(config.encoding), ((0, 0), (0, 0), (left, right)))
-        views = np.lib.stride_tricks.sliding_window_view(planes, width, axis=2)  # [C, P, windows, T]
-        chunks = views[:, :, window[keep] + left].transpose(2, 0, 1, 3)  # a copy: [n, C, P, T]
+        planes = roll.encode(config.encoding)
+        chunks = np.zeros((int(keep.sum()), *config.shape), dtype=bool)  # silence where a window overhangs
+        for chunk, first in zip(chunks, window[keep]):
+            a, b = max(first, 0), min(first + width, end)
+            chunk[:, :, a - first : b - first] = planes[:, :, a:b]
         if config.encoding == "onset":
             # A note already sounding when the window opens begins there, as PianoRoll.slice does.
             chunks[:, 1, :, 0] |= chunks[:, 0, :, 0]
@@ -475,7 +475,7 @@ class _PartialLog:
     """The ``<OUT>.partial`` folder: per-file results appended as they arrive, so a rerun resumes.
 
     ``chunks.bin`` holds packed rows back to back; ``files.jsonl`` one line per finished file,
-    written after its rows, naming the rows it owns. A line whose rows did not all reach the disk
+    naming the rows it owns and flushed after them. A line whose rows did not all reach the disk
     (or a half-written last line) is dropped on resume, and so is everything if the config changed.
     """
 
@@ -522,6 +522,7 @@ class _PartialLog:
         lines_path.write_text("".join(line + "\n" for line in kept))
         self._chunks = open(self.folder / "chunks.bin", "ab")
         self._lines = open(lines_path, "a")
+        self._flushed = time.monotonic()
         done = set()
         for path, record in list(self.records.items()):
             info = stats.get(path)
@@ -538,15 +539,19 @@ class _PartialLog:
             record[key] = value.tolist() if isinstance(value, np.ndarray) else value
         if rows is not None:
             self._chunks.write(np.ascontiguousarray(rows).tobytes())
-            self._chunks.flush()  # rows reach the OS before the line that claims them
             record["n_chunks"] = len(rows)
             self.rows += len(rows)
         self._lines.write(json.dumps(record) + "\n")
-        self._lines.flush()
         self.records[path] = record
+        # Handing buffers to the OS a few times a second (rows before lines) bounds what kill -9
+        # can lose; flushing after every file would cost more than the parsing.
+        if time.monotonic() - self._flushed > 0.25:
+            self._chunks.flush()
+            self._lines.flush()
+            self._flushed = time.monotonic()
 
     def close(self) -> None:
-        for f in (self._chunks, self._lines):
+        for f in (self._chunks, self._lines):  # in this order: rows reach the OS before their lines
             if f is not None and not f.closed:
                 f.close()
 

@@ -176,9 +176,11 @@ class PianoRoll:
         row, start, end = pitch[inside] - grid.lowest_pitch, start[inside], np.minimum(end[inside], n_steps)
 
         # Sounding cells from a running count of notes on each pitch; onsets written on top.
-        count = np.zeros((grid.n_pitches, n_steps + 1), dtype=np.int32)
-        np.add.at(count, (row, start), 1)
-        np.add.at(count, (row, end), -1)
+        # (bincount over flat indices: several times faster than np.add.at for the same sums)
+        width = n_steps + 1
+        size = grid.n_pitches * width
+        count = np.bincount(row * width + start, minlength=size) - np.bincount(row * width + end, minlength=size)
+        count = count.reshape(grid.n_pitches, width)
         cells = (np.cumsum(count, axis=1)[:, :n_steps] > 0).astype(np.uint8)
         cells[row, start] = ONSET
         return cls(cells, grid, tempo)

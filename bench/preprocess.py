@@ -32,9 +32,13 @@ def reference_loop(list_file: Path) -> None:
     import pretty_midi
 
     paths = list_file.read_text().splitlines()
-    chunks = 0
+    chunks = refused = 0
     for path in paths:
-        midi = pretty_midi.PrettyMIDI(path)
+        try:
+            midi = pretty_midi.PrettyMIDI(path)
+        except Exception:  # e.g. "largest tick ... likely corrupt": pretty_midi's own guard
+            refused += 1
+            continue
         beats = midi.get_beats()
         if len(beats) < 2:
             continue
@@ -45,7 +49,7 @@ def reference_loop(list_file: Path) -> None:
         if roll.shape[1] >= 128:
             padded = np.pad(roll, ((0, 0), (0, max(0, 256 - roll.shape[1]))))
             chunks += len(np.stack([padded[:, s : s + 256] for s in starts]))
-    print(f"{len(paths)} files, {chunks} chunks")
+    print(f"{len(paths)} files, {refused} refused by pretty_midi, {chunks} chunks")
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -123,7 +127,8 @@ def main() -> None:
         folder = args.folder or corpus_folder(scratch)
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
         sizes = sorted({n for n in (len(files) // 8, len(files) // 4, len(files) // 2, len(files)) if n})
-        print(f"{len(files)} files in {folder}; {os.cpu_count()} cores\n")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"{len(files)} files in {folder}; {os.cpu_count()} cores, load average {load} before the runs\n")
         print(f"{'run':44} {'files':>6} {'seconds':>8} {'files/s':>8} {'peak MiB':>9}")
 
         def report(name: str, n: int, seconds: float, peak: int) -> None:
@@ -147,6 +152,7 @@ def main() -> None:
         list_file.write_text("\n".join(str(p) for p in files))
         seconds, peak, line = timed([sys.executable, __file__, "--reference-loop", str(list_file)])
         report("pretty_midi loop (one process)", len(files), seconds, peak)
+        print(f"  ({line})")
         print(f"\napollo preprocess is {seconds / results[len(files)]:.1f}x the pretty_midi loop end to end "
               f"({seconds / one_worker:.1f}x with one worker)")
 

@@ -284,11 +284,13 @@ def test_killed_run_leaves_no_dataset_and_a_rerun_completes_it(chorale_dir, tmp_
             # Bytes after the last track are ignored by readers but make each copy distinct.
             (midi / f"{copy}-{path.name}").write_bytes(path.read_bytes() + bytes([copy]))
     out, partial = tmp_path / "killed", tmp_path / "killed.partial"
-    command = [sys.executable, "-m", "apollo", "preprocess", str(midi), "-o", str(out), "--transpose", "-2:2", "--workers", "1"]
+    options = ["--transpose", "-3:3", "--time-shift", "1", "--workers", "1"]  # 14 chunks per window: slow enough
+    command = [sys.executable, "-m", "apollo", "preprocess", str(midi), "-o", str(out), *options]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lines = partial / "files.jsonl"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not lines.exists() or lines.read_text().count("\n") < 20):
+        assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)  # the command, its fork server and its worker
     process.wait()
@@ -302,7 +304,7 @@ def test_killed_run_leaves_no_dataset_and_a_rerun_completes_it(chorale_dir, tmp_
     assert not partial.exists()
 
     clean = tmp_path / "clean"
-    preprocess(midi, clean, DatasetConfig(transpose=(-2, 2)))
+    preprocess(midi, clean, DatasetConfig(transpose=(-3, 3), time_shift=1))
     for name in ("train.bin", "val.bin"):
         assert (out / name).read_bytes() == (clean / name).read_bytes()
     assert _strip_timing(read_manifest(out)) == _strip_timing(read_manifest(clean))
