@@ -55,34 +55,38 @@ def reference_loop(list_file: Path) -> None:
 # -- measuring -------------------------------------------------------------------------------------
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants (Linux /proc)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total, stack = 0, [root]
+def _tree(root: int) -> dict[int, tuple[int, float]]:
+    """{pid: (resident bytes, CPU seconds so far)} for ``root`` and all its descendants (Linux /proc)."""
+    page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+    found, stack = {}, [root]
     while stack:
         pid = stack.pop()
         try:
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * page
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            found[pid] = (int(fields[21]) * page, (int(fields[11]) + int(fields[12])) / tick)
             for task in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{task}/children") as f:
                     stack.extend(int(child) for child in f.read().split())
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             continue  # the process ended meanwhile
-    return total
+    return found
 
 
-def timed(command: list[str]) -> tuple[float, int, str]:
-    """Run ``command``; return seconds, peak resident bytes of its process tree, and its last output line."""
+def timed(command: list[str]) -> tuple[float, int, float, str]:
+    """Run ``command``; return wall seconds, peak resident bytes of its process tree, CPU seconds of
+    the tree (sampled, so a process's last 20 ms may be missed) and its last output line."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0
+    peak, cpu = 0, {}
     done = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss(process.pid))
+            tree = _tree(process.pid)
+            peak = max(peak, sum(rss for rss, _ in tree.values()))
+            cpu.update({pid: seconds for pid, (_, seconds) in tree.items()})
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -93,7 +97,7 @@ def timed(command: list[str]) -> tuple[float, int, str]:
     sampler.join()
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
-    return seconds, peak, (output.strip().splitlines() or [""])[-1]
+    return seconds, peak, sum(cpu.values()), (output.strip().splitlines() or [""])[-1]
 
 
 def corpus_folder(scratch: Path) -> Path:
@@ -129,32 +133,27 @@ def main() -> None:
         sizes = sorted({n for n in (len(files) // 8, len(files) // 4, len(files) // 2, len(files)) if n})
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"{len(files)} files in {folder}; {os.cpu_count()} cores, load average {load} before the runs\n")
-        print(f"{'run':44} {'files':>6} {'seconds':>8} {'files/s':>8} {'peak MiB':>9}")
+        print(f"{'run':38} {'files':>6} {'seconds':>8} {'files/s':>8} {'CPU s':>7} {'peak MiB':>9}")
 
-        def report(name: str, n: int, seconds: float, peak: int) -> None:
-            print(f"{name:44} {n:6} {seconds:8.2f} {n / seconds:8.0f} {peak / 2**20:9.0f}", flush=True)
+        def run(name: str, n: int, command: list[str]) -> tuple[float, float, str]:
+            seconds, peak, cpu, line = timed(command)
+            print(f"{name:38} {n:6} {seconds:8.2f} {n / seconds:8.0f} {cpu:7.1f} {peak / 2**20:9.0f}", flush=True)
+            return seconds, cpu, line
 
         apollo = [sys.executable, "-m", "apollo", "preprocess"]
-        results = {}
         for n in sizes:
             source = subset(files, n, scratch)
-            seconds, peak, _ = timed([*apollo, str(source), "-o", str(scratch / f"out-{n}")])
-            report("apollo preprocess (all cores)", n, seconds, peak)
-            results[n] = seconds
-        all_files = subset(files, len(files), scratch) if len(files) not in sizes else scratch / f"first-{len(files)}"
-        seconds, peak, _ = timed([*apollo, str(all_files), "-o", str(scratch / "out-1"), "--workers", "1"])
-        report("apollo preprocess --workers 1", len(files), seconds, peak)
-        one_worker = seconds
-        seconds, peak, _ = timed([*apollo, str(all_files), "-o", str(scratch / "out-t"), "--transpose", "-5:6"])
-        report("apollo preprocess --transpose -5:6", len(files), seconds, peak)
+            seconds, cpu, _ = run("apollo preprocess (all cores)", n, [*apollo, str(source), "-o", str(scratch / f"out-{n}")])
+        all_files = scratch / f"first-{len(files)}"
+        one, one_cpu, _ = run("apollo preprocess --workers 1", len(files), [*apollo, str(all_files), "-o", str(scratch / "out-1"), "--workers", "1"])
+        run("apollo preprocess --transpose -5:6", len(files), [*apollo, str(all_files), "-o", str(scratch / "out-t"), "--transpose", "-5:6"])
 
         list_file = scratch / "files.txt"
         list_file.write_text("\n".join(str(p) for p in files))
-        seconds, peak, line = timed([sys.executable, __file__, "--reference-loop", str(list_file)])
-        report("pretty_midi loop (one process)", len(files), seconds, peak)
+        reference, reference_cpu, line = run("pretty_midi loop (one process)", len(files), [sys.executable, __file__, "--reference-loop", str(list_file)])
         print(f"  ({line})")
-        print(f"\napollo preprocess is {seconds / results[len(files)]:.1f}x the pretty_midi loop end to end "
-              f"({seconds / one_worker:.1f}x with one worker)")
+        print(f"\napollo preprocess is {reference / seconds:.1f}x the pretty_midi loop end to end "
+              f"({reference / one:.1f}x with one worker), and uses {reference_cpu / cpu:.1f}x less CPU time")
 
 
 if __name__ == "__main__":

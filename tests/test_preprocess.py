@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from apollo.cli.main import cli
 from apollo.dataset import DatasetConfig, read_manifest
 from apollo.errors import ApolloError, MidiError
 from apollo.midi import MidiNotes, read_notes, write_notes
-from apollo.preprocess import chunk_piece, find_midi_files, isolated_map, preprocess
+from apollo.preprocess import _context, chunk_piece, find_midi_files, isolated_map, preprocess
 from apollo.roll import PianoRoll
 
 BROKEN = Path(__file__).parent / "data" / "broken"
@@ -242,9 +243,20 @@ def misbehave(item: str) -> str:
     return item.upper()
 
 
-def test_isolated_workers_survive_crashes_hangs_and_runaway_memory():
+@pytest.mark.parametrize("caller_has_threads", [False, True], ids=["forked", "fork-server"])
+def test_isolated_workers_survive_crashes_hangs_and_runaway_memory(caller_has_threads):
+    # Workers are forked from a single-threaded caller, else started by a fork server: test both.
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    if caller_has_threads:
+        thread.start()
     items = ["a", "segfault", "b", "hang", "c", "greedy", "d"]
-    results = {i: (ok, value) for i, ok, value in isolated_map(misbehave, items, workers=2, timeout=1, memory_limit=256 << 20)}
+    try:
+        if sys.platform == "linux":
+            assert _context().get_start_method() == ("forkserver" if caller_has_threads else "fork")
+        results = {i: (ok, value) for i, ok, value in isolated_map(misbehave, items, workers=2, timeout=1, memory_limit=256 << 20)}
+    finally:
+        stop.set()
     assert results == {
         0: (True, "A"),
         1: (False, "parser crashed (signal 11, SIGSEGV)"),
