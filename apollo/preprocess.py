@@ -474,8 +474,7 @@ def preprocess(
 
     log = _PartialLog(partial, config, midi_dir)
     try:
-        stats = {path: os.stat(midi_dir / path) for path in files}
-        done = log.load(stats)
+        done = log.load(files)
         summary.resumed = len(done)
         todo = [path for path in files if path not in done]
         task = functools.partial(_process_file, config=config)
@@ -486,7 +485,7 @@ def preprocess(
                 for index, ok, value in results:
                     # A crash, hang or memory blow-up may depend on the machine: a rerun tries again.
                     record = value if ok else {"status": "skipped", "reason": value, "retry": True}
-                    log.append(todo[index], stats[todo[index]], record)
+                    log.append(todo[index], record)
                     bar.update()
         log.close()
         _finish(log, files, problems, config, midi_dir, out, overwrite, summary)
@@ -519,12 +518,13 @@ class _PartialLog:
         self.width = config.bytes_per_chunk
         identity = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "midi_dir": str(midi_dir.resolve())}
         self.identity = json.loads(json.dumps(identity))  # as it reads back: tuples become lists
+        self.midi_dir = midi_dir
         self.records: dict[str, dict[str, Any]] = {}
         self.rows = 0
         self._chunks = self._lines = None
 
-    def load(self, stats: dict[str, os.stat_result]) -> set[str]:
-        """Open the folder (resuming what matches) and return the files already done."""
+    def load(self, files: list[str]) -> set[str]:
+        """Open the folder (resuming what matches) and return those of ``files`` already done."""
         state = self.folder / "state.json"
         try:
             same = json.loads(state.read_text()) == self.identity
@@ -547,9 +547,9 @@ class _PartialLog:
                 if record["first_row"] + record.get("n_chunks", 0) > rows_on_disk:
                     break
                 kept.append(line)
-                if not record.get("retry"):
-                    self.records[record["path"]] = _compact(record)
                 self.rows = max(self.rows, record["first_row"] + record.get("n_chunks", 0))
+                if not record.get("retry") and self._unchanged(record):
+                    self.records[record["path"]] = _compact(record)
         # Rewrite both files to exactly what is kept, then append from there.
         with open(self.folder / "chunks.bin", "ab") as f:
             f.truncate(self.rows * self.width)
@@ -557,18 +557,26 @@ class _PartialLog:
         self._chunks = open(self.folder / "chunks.bin", "ab")
         self._lines = open(lines_path, "a")
         self._flushed = time.monotonic()
-        done = set()
-        for path, record in list(self.records.items()):
-            info = stats.get(path)
-            if info is not None and (record["size"], record["mtime_ns"]) == (info.st_size, info.st_mtime_ns):
-                done.add(path)
-            else:  # gone or changed since: do it again
-                del self.records[path]
-        return done
+        wanted = set(files)
+        self.records = {path: record for path, record in self.records.items() if path in wanted}
+        return set(self.records)
 
-    def append(self, path: str, info: os.stat_result, result: dict[str, Any]) -> None:
+    def _unchanged(self, record: dict[str, Any]) -> bool:
+        """Whether the file a record describes is still there, unchanged (else it is done again)."""
+        try:
+            info = os.stat(self.midi_dir / record["path"])
+        except OSError:
+            return False
+        return (record["size"], record["mtime_ns"]) == (info.st_size, info.st_mtime_ns)
+
+    def append(self, path: str, result: dict[str, Any]) -> None:
+        try:
+            info = os.stat(self.midi_dir / path)
+            size, mtime = info.st_size, info.st_mtime_ns
+        except OSError:  # vanished meanwhile: the record will not match on resume, so it is redone
+            size, mtime = -1, -1
         rows = result.pop("rows", None)
-        record = {"path": path, "size": info.st_size, "mtime_ns": info.st_mtime_ns, "first_row": self.rows}
+        record = {"path": path, "size": size, "mtime_ns": mtime, "first_row": self.rows}
         for key, value in result.items():
             record[key] = value.tolist() if isinstance(value, np.ndarray) else value
         if rows is not None:
@@ -594,15 +602,13 @@ PROVENANCE = ("offset", "transpose", "shift")  # per-chunk columns a worker repo
 
 
 def _compact(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as kept in memory until the end: provenance as one small int32 array, not lists.
-
-    Python lists cost about 36 bytes per number; over a large corpus this keeps the parent's memory
-    near flat (about 12 bytes per chunk).
+    """A record as kept in memory until the end: only what the manifest needs, provenance as one
+    int32 array (Python lists cost about 36 bytes per number, this 12 per chunk).
     """
+    kept = {key: record[key] for key in ("status", "reason", "hash", "tempo", "n_steps", "first_row", "n_chunks") if key in record}
     if "offset" in record:
-        record = dict(record)
-        record["provenance"] = np.array([record.pop(column) for column in PROVENANCE], dtype=np.int32)
-    return record
+        kept["provenance"] = np.array([record[column] for column in PROVENANCE], dtype=np.int32)
+    return kept
 
 
 def _finish(
@@ -627,7 +633,7 @@ def _finish(
             skipped.append({"file": path, "reason": f"duplicate (same content as {first_with_hash[record['hash']]})"})
         else:
             first_with_hash[record["hash"]] = path
-            used.append(record)
+            used.append({**record, "path": path})
     skipped.sort(key=lambda entry: entry["file"])
     summary.skipped = skipped
     summary.files_used = len(used)
