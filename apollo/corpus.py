@@ -27,7 +27,7 @@ from pathlib import Path
 
 from apollo.errors import ApolloError
 
-__all__ = ["Corpus", "Piece", "ExportSummary", "CORPORA", "cache_dir", "export"]
+__all__ = ["CORPORA", "Corpus", "ExportSummary", "Piece", "cache_dir", "export"]
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,10 @@ CORPORA: dict[str, Corpus] = {
 
 
 def cache_dir(name: str | None = None) -> Path:
-    """Where converted corpora are kept: ``$APOLLO_CACHE``, else ``$XDG_CACHE_HOME/apollo``, else ``~/.cache/apollo``."""
+    """Where converted corpora are kept.
+
+    ``$APOLLO_CACHE/corpora``, else ``$XDG_CACHE_HOME/apollo/corpora``, else ``~/.cache/apollo/corpora``.
+    """
     root = os.environ.get("APOLLO_CACHE")
     if root:
         base = Path(root)

@@ -45,11 +45,11 @@ __all__ = [
     "FORMAT_VERSION",
     "DatasetConfig",
     "RollDataset",
-    "pack_planes",
-    "unpack_bits",
-    "read_manifest",
-    "load_config",
     "find_latest_dataset",
+    "load_config",
+    "pack_planes",
+    "read_manifest",
+    "unpack_bits",
 ]
 
 FORMAT = "apollo-rolls"
@@ -264,7 +264,10 @@ class _RollDatasetBase:
 
     def __repr__(self) -> str:
         c, p, t = self.shape
-        return f"RollDataset({str(self.path)!r}, split={self.split!r}, chunks={len(self)}, shape=[{c}, {p}, {t}], encoding={self.config.encoding!r})"
+        return (
+            f"RollDataset({str(self.path)!r}, split={self.split!r}, chunks={len(self)}, "
+            f"shape=[{c}, {p}, {t}], encoding={self.config.encoding!r})"
+        )
 
     def planes(self, indices: Any = None) -> np.ndarray:
         """Bool planes ``[n, C, P, T]`` of the chunks at ``indices`` (default: all)."""
@@ -292,7 +295,8 @@ class _RollDatasetBase:
 def _make_roll_dataset() -> type:
     import torch.utils.data
 
-    return type("RollDataset", (_RollDatasetBase, torch.utils.data.Dataset), {"__module__": __name__, "__doc__": _RollDatasetBase.__doc__})
+    namespace = {"__module__": __name__, "__doc__": _RollDatasetBase.__doc__}
+    return type("RollDataset", (_RollDatasetBase, torch.utils.data.Dataset), namespace)
 
 
 if TYPE_CHECKING:

@@ -20,7 +20,17 @@ import numpy as np
 from apollo.errors import MidiError
 from apollo.io import atomic_path
 
-__all__ = ["MidiNotes", "read_notes", "read_bytes", "check_structure", "unwrap_rmid", "write_notes", "MAX_STEPS", "MAX_FILE_BYTES", "MAX_TRACKS"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "MAX_STEPS",
+    "MAX_TRACKS",
+    "MidiNotes",
+    "check_structure",
+    "read_bytes",
+    "read_notes",
+    "unwrap_rmid",
+    "write_notes",
+]
 
 MAX_STEPS = 1 << 16  # longest piece read, in steps (4096 bars of 4/4 at sixteenths)
 MAX_FILE_BYTES = 32 << 20  # the largest real MIDI files are a few MB; bigger ones are not music

@@ -58,12 +58,12 @@ from apollo.midi import MidiNotes, read_bytes, read_notes
 from apollo.roll import ONSET, PianoRoll
 
 __all__ = [
-    "PreprocessSummary",
-    "preprocess",
-    "find_midi_files",
-    "chunk_piece",
-    "isolated_map",
     "MIDI_SUFFIXES",
+    "PreprocessSummary",
+    "chunk_piece",
+    "find_midi_files",
+    "isolated_map",
+    "preprocess",
 ]
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -239,7 +239,7 @@ def _limit_memory(budget: int) -> None:
             current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         return  # not Linux: no limit, the timeout still applies
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = current + budget
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
@@ -605,7 +605,8 @@ def _compact(record: dict[str, Any]) -> dict[str, Any]:
     """A record as kept in memory until the end: only what the manifest needs, provenance as one
     int32 array (Python lists cost about 36 bytes per number, this 12 per chunk).
     """
-    kept = {key: record[key] for key in ("status", "reason", "hash", "tempo", "n_steps", "first_row", "n_chunks") if key in record}
+    fields = ("status", "reason", "hash", "tempo", "n_steps", "first_row", "n_chunks")
+    kept = {key: record[key] for key in fields if key in record}
     if "offset" in record:
         kept["provenance"] = np.array([record[column] for column in PROVENANCE], dtype=np.int32)
     return kept

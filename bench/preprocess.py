@@ -143,14 +143,18 @@ def main() -> None:
         apollo = [sys.executable, "-m", "apollo", "preprocess"]
         for n in sizes:
             source = subset(files, n, scratch)
-            seconds, cpu, _ = run("apollo preprocess (all cores)", n, [*apollo, str(source), "-o", str(scratch / f"out-{n}")])
+            command = [*apollo, str(source), "-o", str(scratch / f"out-{n}")]
+            seconds, cpu, _ = run("apollo preprocess (all cores)", n, command)
         all_files = scratch / f"first-{len(files)}"
-        one, one_cpu, _ = run("apollo preprocess --workers 1", len(files), [*apollo, str(all_files), "-o", str(scratch / "out-1"), "--workers", "1"])
-        run("apollo preprocess --transpose -5:6", len(files), [*apollo, str(all_files), "-o", str(scratch / "out-t"), "--transpose", "-5:6"])
+        command = [*apollo, str(all_files), "-o", str(scratch / "out-1"), "--workers", "1"]
+        one, _, _ = run("apollo preprocess --workers 1", len(files), command)
+        command = [*apollo, str(all_files), "-o", str(scratch / "out-t"), "--transpose", "-5:6"]
+        run("apollo preprocess --transpose -5:6", len(files), command)
 
         list_file = scratch / "files.txt"
         list_file.write_text("\n".join(str(p) for p in files))
-        reference, reference_cpu, line = run("pretty_midi loop (one process)", len(files), [sys.executable, __file__, "--reference-loop", str(list_file)])
+        command = [sys.executable, __file__, "--reference-loop", str(list_file)]
+        reference, reference_cpu, line = run("pretty_midi loop (one process)", len(files), command)
         print(f"  ({line})")
         print(f"\napollo preprocess is {reference / seconds:.1f}x the pretty_midi loop end to end "
               f"({reference / one:.1f}x with one worker), and uses {reference_cpu / cpu:.1f}x less CPU time")

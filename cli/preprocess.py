@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from apollo.dataset import DatasetConfig
-from apollo.preprocess import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, preprocess as run_preprocess
+from apollo.preprocess import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT
+from apollo.preprocess import preprocess as run_preprocess
 from apollo.roll import ENCODINGS, Grid
 
 SHOWN_SKIPS = 10  # the rest are in manifest.json
@@ -30,28 +31,39 @@ class SemitoneRange(click.ParamType):
 
 @click.command("preprocess")
 @click.argument("midi_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder (default: datasets/<MIDI_DIR name>).")
-@click.option("--steps-per-beat", default=4, show_default=True, type=click.IntRange(min=1), help="Time steps per quarter note (4: sixteenths).")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder (default: datasets/<MIDI_DIR name>).")
+@click.option("--steps-per-beat", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Time steps per quarter note (4: sixteenths).")
 @click.option("--n-steps", default=256, show_default=True, type=click.IntRange(min=1), help="Steps per chunk.")
 @click.option("--hop", default=128, show_default=True, type=click.IntRange(min=1), help="Steps between chunk starts.")
 @click.option("--lowest-pitch", default=30, show_default=True, type=int, help="MIDI pitch of the lowest row.")
 @click.option("--n-pitches", default=64, show_default=True, type=int, help="Rows (pitches) per chunk.")
-@click.option("--encoding", default="onset", show_default=True, type=click.Choice(list(ENCODINGS)), help="Planes per chunk: onset (sounding + onset), rest or plain.")
-@click.option("--transpose", default="0:0", show_default=True, type=SemitoneRange(), help="Semitone range for transposed copies, e.g. -5:6.")
-@click.option("--time-shift", default=0, show_default=True, type=click.IntRange(min=0), help="Also add copies delayed by 1..N steps.")
-@click.option("--min-fill", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Keep a window if this share of it lies inside the piece (the rest is silence).")
-@click.option("--min-notes", default=8, show_default=True, type=click.IntRange(min=0), help="Drop chunks with fewer note onsets.")
-@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of files held out for validation.")
-@click.option("--out-of-range", default="fold", show_default=True, type=click.Choice(["fold", "drop"]), help="Notes outside the pitch window: fold by octaves or drop.")
+@click.option("--encoding", default="onset", show_default=True, type=click.Choice(list(ENCODINGS)),
+              help="Planes per chunk: onset (sounding + onset), rest or plain.")
+@click.option("--transpose", default="0:0", show_default=True, type=SemitoneRange(),
+              help="Semitone range for transposed copies, e.g. -5:6.")
+@click.option("--time-shift", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also add copies delayed by 1..N steps.")
+@click.option("--min-fill", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Keep a window if this share of it lies inside the piece (the rest is silence).")
+@click.option("--min-notes", default=8, show_default=True, type=click.IntRange(min=0),
+              help="Drop chunks with fewer note onsets.")
+@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of files held out for validation.")
+@click.option("--out-of-range", default="fold", show_default=True, type=click.Choice(["fold", "drop"]),
+              help="Notes outside the pitch window: fold by octaves or drop.")
 @click.option("--drums/--no-drums", default=False, show_default=True, help="Include drum tracks.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: all cores).")
-@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Seconds before a file counts as hung.")
-@click.option("--memory-limit", default=DEFAULT_MEMORY_LIMIT >> 20, show_default=True, type=click.IntRange(min=64), help="MiB a worker may allocate.")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds before a file counts as hung.")
+@click.option("--memory-limit", default=DEFAULT_MEMORY_LIMIT >> 20, show_default=True, type=click.IntRange(min=64),
+              help="MiB a worker may allocate.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
 def preprocess(midi_dir: Path, out: Path | None, steps_per_beat: int, n_steps: int, hop: int, lowest_pitch: int,
-               n_pitches: int, encoding: str, transpose: tuple[int, int], time_shift: int, min_fill: float, min_notes: int,
-               val_fraction: float, out_of_range: str, drums: bool, workers: int | None, timeout: float,
-               memory_limit: int, overwrite: bool) -> None:
+               n_pitches: int, encoding: str, transpose: tuple[int, int], time_shift: int, min_fill: float,
+               min_notes: int, val_fraction: float, out_of_range: str, drums: bool, workers: int | None,
+               timeout: float, memory_limit: int, overwrite: bool) -> None:
     """Turn the MIDI files under MIDI_DIR into a piano-roll dataset.
 
     Broken files are skipped and named in the dataset's manifest.json; an interrupted run
@@ -65,7 +77,8 @@ def preprocess(midi_dir: Path, out: Path | None, steps_per_beat: int, n_steps: i
         grid = Grid(lowest_pitch, n_pitches, steps_per_beat)
         config = DatasetConfig(
             grid=grid, n_steps=n_steps, hop=hop, encoding=encoding, transpose=transpose, time_shift=time_shift,
-            min_fill=min_fill, min_notes=min_notes, val_fraction=val_fraction, out_of_range=out_of_range, include_drums=drums,
+            min_fill=min_fill, min_notes=min_notes, val_fraction=val_fraction, out_of_range=out_of_range,
+            include_drums=drums,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None

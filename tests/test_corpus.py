@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from apollo.cli.main import cli
 from click.testing import CliRunner
 
-from apollo.cli.main import cli
 from apollo.corpus import CORPORA, cache_dir, export
 from apollo.errors import ApolloError
 from apollo.midi import read_notes

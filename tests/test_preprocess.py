@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,13 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apollo.cli.main import cli
 from click.testing import CliRunner
 
-from apollo.cli.main import cli
 from apollo.dataset import DatasetConfig, read_manifest
 from apollo.errors import ApolloError, MidiError
 from apollo.midi import MidiNotes, read_notes, write_notes
-from apollo.preprocess import _context, chunk_piece, find_midi_files, isolated_map, preprocess
+from apollo.preprocess import (
+    _context,
+    chunk_piece,
+    find_midi_files,
+    isolated_map,
+    preprocess,
+)
 from apollo.roll import PianoRoll
 
 BROKEN = Path(__file__).parent / "data" / "broken"
@@ -38,7 +43,9 @@ def dataset(chorale_dir, tmp_path_factory) -> Path:
 
 
 def test_chunks_are_the_source_rolls_transposed_and_windowed(dataset, chorale_dir):
-    from apollo.dataset import RollDataset  # imports torch, which the worker processes here must not
+    from apollo.dataset import (
+        RollDataset,  # imports torch, which the worker processes here must not
+    )
 
     train = RollDataset(dataset)
     rng = np.random.default_rng(0)
@@ -224,7 +231,8 @@ def test_existing_dataset_needs_overwrite(dataset, chorale_dir, tmp_path):
     summary = preprocess(chorale_dir, out, DatasetConfig(), overwrite=True)
     manifest = read_manifest(out)
     assert DatasetConfig.from_dict(manifest["config"]) == DatasetConfig()
-    assert summary.train_chunks == manifest["counts"]["train_chunks"] != read_manifest(dataset)["counts"]["train_chunks"]
+    assert summary.train_chunks == manifest["counts"]["train_chunks"]
+    assert summary.train_chunks != read_manifest(dataset)["counts"]["train_chunks"]  # other config, other set
 
 
 # -- crashes, hangs, memory ------------------------------------------------------------------------
@@ -254,7 +262,8 @@ def test_isolated_workers_survive_crashes_hangs_and_runaway_memory(caller_has_th
     try:
         if sys.platform == "linux":
             assert _context().get_start_method() == ("forkserver" if caller_has_threads else "fork")
-        results = {i: (ok, value) for i, ok, value in isolated_map(misbehave, items, workers=2, timeout=1, memory_limit=256 << 20)}
+        outcomes = isolated_map(misbehave, items, workers=2, timeout=1, memory_limit=256 << 20)
+        results = {i: (ok, value) for i, ok, value in outcomes}
     finally:
         stop.set()
     assert results == {

@@ -63,7 +63,9 @@ FILES = {
     "absurd_ticks.mid": smf([vlq(0) + b"\x90\x3c\x50" + vlq(0x0FFFFFFF) + b"\x80\x3c\x00" + END]),
     "too_long.mid": smf([notes(4) + vlq(70000 * 120) + b"\x90\x3c\x50" + vlq(480) + b"\x80\x3c\x00" + END]),
     # Nine maximal delta times (with empty text events between them) pass 2**31 ticks.
-    "overflow_ticks.mid": smf([(vlq(0x0FFFFFFF) + b"\xff\x01\x00") * 9 + vlq(0) + b"\x90\x3c\x50" + vlq(480) + b"\x80\x3c\x00" + END]),
+    "overflow_ticks.mid": smf(
+        [(vlq(0x0FFFFFFF) + b"\xff\x01\x00") * 9 + vlq(0) + b"\x90\x3c\x50" + vlq(480) + b"\x80\x3c\x00" + END]
+    ),
     "no_notes.mid": smf([vlq(0) + b"\xff\x51\x03\x07\xa1\x20" + END]),
     "drums_only.mid": smf([notes(channel=9) + END]),
     "bad_running_status.mid": smf([b"\x00\x3c\x50" * 20 + END]),
