@@ -23,6 +23,7 @@ from torch import nn
 __all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "count_parameters"]
 
 NORMS = ("batch", "spectral", "layer", "none")
+OUTPUT_BIAS = -3.0  # initial logit of every cell: sigmoid(-3) = 0.047
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ModelConfig:
     n_steps: int = 256
     n_layers: int = 5  # stride-2 (transposed) convolutions in each network
     kernel: int = 4
-    generator_norm: str = "batch"  # "batch" or "none"
+    generator_norm: str = "layer"  # "layer" (per sample: same in training and sampling), "batch" or "none"
     discriminator_norm: str = "spectral"  # "spectral", "batch", "layer" or "none" (WGAN-GP: not "batch")
 
     def __post_init__(self) -> None:
@@ -51,7 +52,7 @@ class ModelConfig:
         if self.kernel % 2:
             raise ValueError("kernel must be even so that a stride-2 layer exactly halves or doubles")
         for name, value, allowed in (
-            ("generator_norm", self.generator_norm, ("batch", "none")),
+            ("generator_norm", self.generator_norm, ("layer", "batch", "none")),
             ("discriminator_norm", self.discriminator_norm, NORMS),
         ):
             if value not in allowed:
@@ -88,11 +89,14 @@ class Generator(nn.Module):
         layers: list[nn.Module] = []
         for n_in, n_out in zip(widths, widths[1:]):
             layers.append(nn.ConvTranspose2d(n_in, n_out, k, stride=2, padding=pad, bias=False))
-            layers.append(nn.BatchNorm2d(n_out) if config.generator_norm == "batch" else nn.Identity())
+            layers.append(norm_layer(config.generator_norm, n_out))
             layers.append(nn.ReLU(inplace=True))
         layers.append(nn.ConvTranspose2d(widths[-1], config.roll_channels, k, stride=2, padding=pad))
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
+        # Start from sparse rolls, as music is (about 5 % of cells sound), not from coin flips:
+        # with fakes binarized for the discriminator, 50 % would mean a flood of notes at first.
+        nn.init.constant_(self.net[-1].bias, OUTPUT_BIAS)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(noise))
@@ -118,10 +122,8 @@ class Discriminator(nn.Module):
         for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
             conv = nn.Conv2d(n_in, n_out, k, stride=2, padding=pad, bias=norm != "batch")
             layers.append(nn.utils.parametrizations.spectral_norm(conv) if norm == "spectral" else conv)
-            if i > 0 and norm == "batch":
-                layers.append(nn.BatchNorm2d(n_out))
-            elif i > 0 and norm == "layer":
-                layers.append(nn.GroupNorm(1, n_out))  # normalizes each sample alone, as WGAN-GP needs
+            if i > 0 and norm in ("batch", "layer"):  # "layer" treats each sample alone, as WGAN-GP needs
+                layers.append(norm_layer(norm, n_out))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
         _, height, length = config.noise_shape
         flat, hidden = config.width * height * length, 4 * config.width
@@ -136,6 +138,15 @@ class Discriminator(nn.Module):
         return self.head(self.features(rolls)).squeeze(1)
 
 
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """Batch norm, layer norm (one group: each sample normalized over channels and positions) or none."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
 def init_weights(module: nn.Module) -> None:
     """DCGAN initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -144,7 +155,7 @@ def init_weights(module: nn.Module) -> None:
         nn.init.normal_(target, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 

@@ -76,7 +76,8 @@ class TrainConfig:
     gp_weight: float = 10.0  # wgan-gp only
     label_smoothing: float = 0.0  # bce only: real examples are labelled 1 - label_smoothing
     instance_noise: float = 0.0  # std of the Gaussian noise added to everything the discriminator sees
-    binarize: bool = False  # D sees fakes thresholded at 0.5 (straight-through gradients), as real rolls are binary
+    binarize: bool = True  # D sees fakes thresholded at 0.5 (straight-through gradients), as real rolls are binary
+    augment_transpose: int = 0  # D sees real and fake rolls moved by random -N..N semitones (0: off)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     bf16: bool | None = None  # bfloat16 autocast (None: on for CUDA and CPU, where it is about 2x faster)
@@ -223,6 +224,21 @@ def gradient_penalty(scores: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
     """WGAN-GP: (|grad of the critic at points between real and fake| - 1) squared, averaged."""
     (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
     return ((grad.float().flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def transpose_randomly(rolls: torch.Tensor, max_shift: int, rng: torch.Generator) -> torch.Tensor:
+    """Each roll moved up or down by its own random number of semitones (rows), silence filling in.
+
+    Augmentation for the discriminator only, applied alike to real and generated rolls (as in
+    DiffAugment): on a few hundred chunks a discriminator otherwise learns the training set by
+    heart. It is a permutation of cells, so the generator's gradients pass through it.
+    """
+    n, _, pitches, _ = rolls.shape
+    shift = torch.randint(-max_shift, max_shift + 1, (n, 1), device=rolls.device, generator=rng)
+    source = torch.arange(pitches, device=rolls.device) - shift  # [n, pitches]: the row that lands here
+    inside = ((source >= 0) & (source < pitches)).to(rolls.dtype)[:, None, :, None]
+    index = source.clamp(0, pitches - 1)[:, None, :, None].expand_as(rolls)
+    return torch.gather(rolls, 2, index) * inside
 
 
 def grad_norm(module: nn.Module) -> torch.Tensor:
@@ -550,6 +566,9 @@ def train(
                         fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
                 with autocast:
                     seen_real, seen_fake = real, fake.detach()
+                    if config.augment_transpose:
+                        seen_real = transpose_randomly(seen_real, config.augment_transpose, noise_rng)
+                        seen_fake = transpose_randomly(seen_fake, config.augment_transpose, noise_rng)
                     if sigma:  # instance noise: blur the line between binary real and soft fake cells
                         seen_real = seen_real + sigma * torch.randn(real.shape, device=device, generator=noise_rng)
                         seen_fake = seen_fake + sigma * torch.randn(real.shape, device=device, generator=noise_rng)
@@ -576,7 +595,11 @@ def train(
             # weights frozen: only G's gradients are wanted, and only G's need averaging.
             D_plain.requires_grad_(False)
             with autocast:
-                seen_fake = fake + sigma * torch.randn(fake.shape, device=device, generator=noise_rng) if sigma else fake
+                seen_fake = fake
+                if config.augment_transpose:
+                    seen_fake = transpose_randomly(seen_fake, config.augment_transpose, noise_rng)
+                if sigma:
+                    seen_fake = seen_fake + sigma * torch.randn(fake.shape, device=device, generator=noise_rng)
                 g_loss = generator_loss(kind, D_plain(seen_fake.contiguous(memory_format=layout)).float())
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()

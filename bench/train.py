@@ -4,6 +4,7 @@
     python bench/train.py --preset apollo --steps 6
     python bench/train.py --variants               # the bare step in fp32 / bf16 x NCHW / NHWC
     python bench/train.py --device cuda --preset apollo --batch-size 256
+    python bench/train.py --plot runs/NAME docs/img/losses.png   # a run's curves, for the docs
 
 The bare step is the trainer's update with nothing around it: random binary rolls already on the
 device, one discriminator update on real + fake, one generator update, in the precision and memory
@@ -112,6 +113,42 @@ def event_costs(config: TrainConfig, run: Path, data: Path) -> dict[str, float]:
     return costs
 
 
+def plot(run: Path, out: Path) -> None:
+    """Losses, D(real) and D(fake), and mean OA (if evaluated) of a run, against training minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [line for line in lines if "d_loss" in line]
+    evaluated = [line for line in lines if line.get("eval/mean_oa") is not None]
+    steps = [line["step"] for line in logged]
+    panels = 3 if evaluated else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=True)
+    axes[0].plot(steps, [x["d_loss"] for x in logged], label="D loss")
+    axes[0].plot(steps, [x["g_loss"] for x in logged], label="G loss")
+    axes[0].set_ylabel("loss")
+    axes[1].plot(steps, [x["d_real"] for x in logged], label="D(real)")
+    axes[1].plot(steps, [x["d_fake"] for x in logged], label="D(fake)")
+    axes[1].set_ylabel("discriminator output")
+    if evaluated:
+        axes[2].plot([x["step"] for x in evaluated], [x["eval/mean_oa"] for x in evaluated], "o-", label="mean OA")
+        axes[2].set_ylabel("vs validation")
+    for ax in axes:
+        ax.legend(loc="upper right")
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel(f"step ({logged[-1]['time'] / 60:.0f} minutes in all)" if logged else "step")
+    config = json.loads((run / "config.json").read_text())
+    train_config = config["train_config"]
+    fig.suptitle(f"{run.name}: {train_config['preset']} preset, {train_config['loss']} loss, "
+                 f"batch {train_config['batch_size']}, {config['device']}")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset (default: the newest under datasets/)")
@@ -122,7 +159,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", action="store_true", help="time the bare step in fp32/bf16 x NCHW/NHWC")
+    parser.add_argument("--plot", nargs=2, type=Path, metavar=("RUN", "PNG"), help="plot a run's curves instead")
     args = parser.parse_args()
+    if args.plot:
+        plot(*args.plot)
+        return
 
     device = resolve_device(args.device)
     data = args.data or find_latest_dataset()
