@@ -236,20 +236,9 @@ def numbered_paths(out: str | Path, n: int) -> list[Path]:
 
 
 def write_midi(roll: PianoRoll, path: Path, *, program: int) -> None:
-    """The roll as a MIDI file that lasts all of its steps, trailing rests included.
-
-    ``PianoRoll.to_midi`` ends the track at the last note; a piece of 16 bars should last 16 bars
-    (and its WAV as long), so the end-of-track event is moved to the end of the last step.
-    """
-    midi = roll.to_midi(None, program=program)
-    track = midi.tracks[0]
-    end = round(roll.n_steps / roll.grid.steps_per_beat * midi.ticks_per_beat)
-    short = end - sum(message.time for message in track)
-    if short > 0 and track and track[-1].type == "end_of_track":
-        track[-1] = track[-1].copy(time=track[-1].time + short)
+    """The roll as a MIDI file that lasts all of its steps (trailing rests included)."""
     try:
-        with atomic_path(path) as tmp:
-            midi.save(tmp)
+        roll.to_midi(path, program=program)
     except OSError as error:
         raise ApolloError(f"{path}: cannot write ({error.strerror or error})") from None
 

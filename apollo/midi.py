@@ -212,41 +212,61 @@ def write_notes(
     program: int = 0,
     velocity: int | np.ndarray = 80,
     is_drum: bool = False,
-):
-    """Notes on a step grid as a one-track ``mido.MidiFile`` (saved to ``path`` if given).
+    n_steps: int | None = None,
+) -> bytes:
+    """Notes on a step grid as the bytes of a one-track Standard MIDI File (saved to ``path`` if given).
 
-    The file carries the tempo and the General MIDI ``program``. It is written to a temporary
-    file and renamed, so an existing file is never left half-written.
+    The file carries the tempo, a 4/4 time signature and the General MIDI ``program``, and lasts
+    ``n_steps`` steps (default: to the end of the last note), so trailing rests are kept. It is
+    written to a temporary file and renamed, so an existing file is never left half-written.
+    The bytes are encoded here directly: per-message objects made this 20x slower.
     """
-    import mido
-
     if not 0 <= program <= 127:
         raise ValueError(f"program must lie in 0..127, got {program}")
     tpq = 480 if 480 % steps_per_beat == 0 else 120 * steps_per_beat
     ticks_per_step = tpq // steps_per_beat
     channel = 9 if is_drum else 0
-    velocity = np.broadcast_to(np.asarray(velocity, dtype=np.int64), np.shape(pitch))
+    pitch = np.asarray(pitch, dtype=np.int64)
+    start = np.asarray(start, dtype=np.int64) * ticks_per_step
+    end = np.asarray(end, dtype=np.int64) * ticks_per_step
+    velocity = np.clip(np.broadcast_to(np.asarray(velocity, dtype=np.int64), pitch.shape), 1, 127)
+    if len(pitch) and not ((pitch >= 0) & (pitch <= 127)).all():
+        raise ValueError("pitches must lie in 0..127")
 
-    # (tick, order, message): note-offs sort before note-ons at the same tick.
-    events = []
-    for p, s, e, v in zip(np.asarray(pitch), np.asarray(start), np.asarray(end), velocity):
-        v = int(np.clip(v, 1, 127))
-        events.append((int(s) * ticks_per_step, 1, mido.Message("note_on", note=int(p), velocity=v, channel=channel)))
-        events.append((int(e) * ticks_per_step, 0, mido.Message("note_off", note=int(p), velocity=0, channel=channel)))
-    events.sort(key=lambda event: (event[0], event[1]))
+    # Note-offs sort before note-ons at the same tick, so a repeated note is released, then struck.
+    tick = np.concatenate([end, start])
+    is_on = np.concatenate([np.zeros(len(end), bool), np.ones(len(start), bool)])
+    status = np.where(is_on, 0x90, 0x80) | channel
+    data2 = np.concatenate([np.zeros(len(end), np.int64), velocity])
+    order = np.lexsort((is_on, tick))
+    last_tick = int(tick.max()) if len(tick) else 0
+    if n_steps is not None:
+        last_tick = max(last_tick, n_steps * ticks_per_step)
 
-    track = mido.MidiTrack()
-    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo), time=0))
-    track.append(mido.MetaMessage("time_signature", numerator=4, denominator=4, time=0))
+    body = bytearray()
+    body += b"\x00\xff\x51\x03" + round(60_000_000 / tempo).to_bytes(3, "big")
+    body += b"\x00\xff\x58\x04\x04\x02\x18\x08"  # 4/4
     if not is_drum:
-        track.append(mido.Message("program_change", program=program, channel=channel, time=0))
+        body += bytes((0, 0xC0 | channel, program))
     now = 0
-    for tick, _, message in events:
-        track.append(message.copy(time=tick - now))
-        now = tick
-    track.append(mido.MetaMessage("end_of_track", time=0))
-    midi = mido.MidiFile(type=0, ticks_per_beat=tpq, tracks=[track])
+    for t, st, note, value in zip(tick[order].tolist(), status[order].tolist(),
+                                  np.concatenate([pitch, pitch])[order].tolist(), data2[order].tolist()):
+        body += _varlen(t - now) + bytes((st, note, value))
+        now = t
+    body += _varlen(last_tick - now) + b"\xff\x2f\x00"
+    data = (b"MThd" + (6).to_bytes(4, "big") + (0).to_bytes(2, "big") + (1).to_bytes(2, "big")
+            + tpq.to_bytes(2, "big") + b"MTrk" + len(body).to_bytes(4, "big") + bytes(body))
     if path is not None:
         with atomic_path(path) as tmp:
-            midi.save(tmp)
-    return midi
+            tmp.write_bytes(data)
+    return data
+
+
+def _varlen(value: int) -> bytes:
+    """A MIDI variable-length quantity: 7 bits a byte, high bit set on all but the last."""
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))

@@ -273,8 +273,12 @@ class PianoRoll:
         program: int = 0,
         velocity: int = 80,
         is_drum: bool = False,
-    ):
-        """The roll as a ``mido.MidiFile`` with one track (written to ``path`` if given)."""
+    ) -> bytes:
+        """The roll as a one-track MIDI file's bytes (written to ``path`` if given).
+
+        The file lasts all ``n_steps`` steps, trailing rests included, and carries the tempo and
+        the General MIDI ``program``.
+        """
         from apollo.midi import write_notes
 
         pitch, start, end = self.notes()
@@ -288,4 +292,5 @@ class PianoRoll:
             program=program,
             velocity=velocity,
             is_drum=is_drum,
+            n_steps=self.n_steps,
         )

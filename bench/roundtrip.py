@@ -18,7 +18,6 @@ encoding keeps both; the "unisons" column is that share of the notes.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 import time
@@ -46,9 +45,8 @@ def round_trip(notes: list[tuple[int, int, int]], encoding: str, grid: Grid) -> 
     pitch, start, end = (np.array(column) for column in zip(*notes))
     roll = PianoRoll.from_notes(pitch, start, end, grid)
     decoded = PianoRoll.decode(roll.encode(encoding), encoding, grid)
-    buffer = io.BytesIO()
-    decoded.to_midi().save(file=buffer)  # through a real MIDI file, as the pipeline writes them
-    return grid_notes(buffer.getvalue(), grid) or []
+    # Through a real MIDI file, as the pipeline writes them.
+    return grid_notes(decoded.to_midi(), grid) or []
 
 
 def measure(folder: Path, grid: Grid) -> dict:
