@@ -530,18 +530,28 @@ def train(
             best = quality["mean_oa"]
             checkpoint("best")
 
+    def seen_by_d(rolls: torch.Tensor) -> torch.Tensor:
+        """What the discriminator is shown: real or fake rolls alike, transposed at random and
+        blurred by instance noise when the config asks for it."""
+        if config.augment_transpose:
+            rolls = transpose_randomly(rolls, config.augment_transpose, noise_rng)
+        if config.instance_noise:
+            rolls = rolls + config.instance_noise * torch.randn(rolls.shape, device=device, generator=noise_rng)
+        return rolls
+
     # 5. The loop.
     from tqdm import tqdm
 
     bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True,
                disable=not (progress and world.main))
-    kind, n_critic, sigma = config.loss, config.n_critic, config.instance_noise
+    kind, n_critic = config.loss, config.n_critic
     as_prob = torch.sigmoid if kind == "bce" else torch.as_tensor  # D(x) as a probability where it is one
     stats = torch.zeros(5, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty
     n_stats, interval_start = 0, time.perf_counter()
     started = last_save = time.monotonic()
     reason = "done"
-    G.train(), D.train()
+    G.train()
+    D.train()
     with stop_on_signal() as request:
         while True:
             # Stop between steps only, so that a checkpoint always holds a whole step.
@@ -565,13 +575,7 @@ def train(
                     if config.binarize:  # forward: 0/1 cells like the real rolls; backward: identity
                         fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
                 with autocast:
-                    seen_real, seen_fake = real, fake.detach()
-                    if config.augment_transpose:
-                        seen_real = transpose_randomly(seen_real, config.augment_transpose, noise_rng)
-                        seen_fake = transpose_randomly(seen_fake, config.augment_transpose, noise_rng)
-                    if sigma:  # instance noise: blur the line between binary real and soft fake cells
-                        seen_real = seen_real + sigma * torch.randn(real.shape, device=device, generator=noise_rng)
-                        seen_fake = seen_fake + sigma * torch.randn(real.shape, device=device, generator=noise_rng)
+                    seen_real, seen_fake = seen_by_d(real), seen_by_d(fake.detach())
                     inputs = [seen_real, seen_fake]
                     if kind == "wgan-gp":
                         alpha = torch.rand(real.shape[0], 1, 1, 1, device=device, generator=noise_rng)
@@ -595,12 +599,7 @@ def train(
             # weights frozen: only G's gradients are wanted, and only G's need averaging.
             D_plain.requires_grad_(False)
             with autocast:
-                seen_fake = fake
-                if config.augment_transpose:
-                    seen_fake = transpose_randomly(seen_fake, config.augment_transpose, noise_rng)
-                if sigma:
-                    seen_fake = seen_fake + sigma * torch.randn(fake.shape, device=device, generator=noise_rng)
-                g_loss = generator_loss(kind, D_plain(seen_fake.contiguous(memory_format=layout)).float())
+                g_loss = generator_loss(kind, D_plain(seen_by_d(fake).contiguous(memory_format=layout)).float())
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:

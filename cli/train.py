@@ -25,6 +25,11 @@ RESUMABLE = ("steps", "minutes", "device", "resume", "progress")
 @click.option("--minutes", type=click.FloatRange(min=0), help="Train for this long (default: 20 unless --steps is given).")
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(min=1), help="Real rolls per update (per GPU with torchrun).")
 @click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Learning rate of the generator (the discriminator's keeps its ratio to it).")
+@click.option("--d-lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate of the discriminator (default: --lr times the default ratio).")
+@click.option("--label-smoothing", default=TrainConfig.label_smoothing, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="bce: label real rolls 1 - this.")
+@click.option("--instance-noise", default=TrainConfig.instance_noise, show_default=True, type=click.FloatRange(min=0), help="Std of Gaussian noise added to all the discriminator sees.")
+@click.option("--augment-transpose", default=TrainConfig.augment_transpose, show_default=True, type=click.IntRange(min=0), help="Show the discriminator real and fake rolls moved by random -N..N semitones.")
+@click.option("--binarize/--soft", default=TrainConfig.binarize, show_default=True, help="Show the discriminator generated rolls thresholded at 0.5 (straight-through), or as probabilities.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where to train.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for weights, noise and batch order.")
 @click.option("--sample-every", default=TrainConfig.sample_every, show_default=True, type=click.IntRange(min=0), help="Steps between sample MIDI files and PNGs (0: never).")
@@ -32,8 +37,9 @@ RESUMABLE = ("steps", "minutes", "device", "resume", "progress")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.pass_context
 def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path | None, preset: str, loss: str,
-          steps: int | None, minutes: float | None, batch_size: int, lr: float, device: str, seed: int,
-          sample_every: int, eval_every: int, progress: bool) -> None:
+          steps: int | None, minutes: float | None, batch_size: int, lr: float, d_lr: float | None,
+          label_smoothing: float, instance_noise: float, augment_transpose: int, binarize: bool, device: str,
+          seed: int, sample_every: int, eval_every: int, progress: bool) -> None:
     """Train the DCGAN on a preprocessed dataset.
 
     A run folder gets the config, metrics (metrics.jsonl and TensorBoard), checkpoints (last.pt,
@@ -57,7 +63,8 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
         return
     config = TrainConfig(
         preset=preset, loss=loss, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr,
-        d_lr=lr * TrainConfig.d_lr / TrainConfig.lr, device=device, seed=seed,
-        sample_every=sample_every, eval_every=eval_every,
+        d_lr=d_lr if d_lr is not None else lr * TrainConfig.d_lr / TrainConfig.lr,
+        label_smoothing=label_smoothing, instance_noise=instance_noise, augment_transpose=augment_transpose,
+        binarize=binarize, device=device, seed=seed, sample_every=sample_every, eval_every=eval_every,
     )
     run_training(config, data=data, run=run, progress=progress)
