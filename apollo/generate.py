@@ -14,10 +14,11 @@ that overlap both windows compute the same music, except in the one column at ea
 where the convolutions' zero padding stands in for the neighbouring noise. So each window's edge
 column is given weight 0, and across the two middle columns of the overlap the earlier window fades
 out while the later one fades in (raised cosine, weights summing to 1), on the probabilities,
-before thresholding. For Apollo's fully convolutional generator the result equals one pass over the
-whole tape (a test checks it to 1e-5): there is no seam to hear, every 16-bar stretch of a long piece
-is an ordinary sample of the model (its noise is i.i.d. Gaussian as in training), and a generator
-that were not translation-equivariant would still get a smooth cross-fade. The tape is drawn column
+before thresholding. For a translation-equivariant generator (batch norm in eval mode, or none) the
+result equals one pass over the whole tape (a test checks it to 1e-5): there is no seam to hear, and
+every 16-bar stretch of a long piece is an ordinary sample of the model (its noise is i.i.d. Gaussian
+as in training). The default generator normalizes each sample as a whole (layer norm), so two
+overlapping windows differ slightly; the cross-fade then carries one into the other without a jump. The tape is drawn column
 by column, so a longer piece starts with the shorter piece of the same seed.
 """
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import subprocess
@@ -34,14 +33,22 @@ SECONDS_PER_BAR = 4 * 60 / 100  # 4/4 at the default tempo of 100 BPM
 
 
 def tiny_generator() -> Generator:
-    """A small untrained generator whose weights are scaled so that it writes a few notes per bar."""
+    """A small untrained generator whose output bias is set so that it writes a few notes per bar.
+
+    The bias is measured rather than hand-picked, so the fixture holds whatever the architecture:
+    about 3 % of cells sound and a quarter of those are onsets.
+    """
     torch.manual_seed(0)
-    generator = Generator(ModelConfig(width=4)).eval()
+    # Batch norm in eval mode is a fixed affine map, so this generator is translation-equivariant
+    # and the long-piece test can check that windows tile exactly.
+    generator = Generator(ModelConfig(width=4, generator_norm="batch")).eval()
     with torch.no_grad():
-        for module in generator.modules():
-            if isinstance(module, torch.nn.ConvTranspose2d):
-                module.weight.normal_(0, 2 / math.sqrt(4 * module.in_channels))
-        generator.net[-1].bias.copy_(torch.tensor([-9.0, -3.0]))  # sparse notes, few re-onsets
+        output = generator.net[-1]
+        output.bias.zero_()
+        logits = generator.logits(generator.sample_noise(8))
+        sounding = torch.quantile(logits[:, 0].flatten(), 0.97)
+        onset = torch.quantile(logits[:, 1].flatten(), 0.99)
+        output.bias.copy_(-torch.stack([sounding, onset]))
     return generator
 
 
@@ -142,6 +149,17 @@ def test_long_pieces_have_no_seams_and_extend_shorter_ones(models):
     # A longer piece starts with the shorter piece of the same seed.
     short = sample_probabilities(generator, 256, seed=4)
     assert np.abs(long[..., :224] - short[..., :224]).max() < 1e-5
+
+
+def test_long_pieces_blend_windows_of_a_per_sample_normalized_generator():
+    """With layer norm each window has its own statistics: the cross-fade must still leave no jump."""
+    torch.manual_seed(1)
+    generator = Generator(ModelConfig(width=4, generator_norm="layer")).eval()
+    steps = 40 * 16
+    long = sample_probabilities(generator, steps, seed=4)
+    change = np.abs(np.diff(long, axis=-1)).mean(axis=(0, 1))  # how much each step differs from the last
+    seams = [96 + 128 * k for k in range(4)]  # middles of the overlaps, where windows hand over
+    assert change[seams].max() < 3 * np.median(change)
 
 
 def test_wav_is_rendered_beside_with_the_instrument(models, tmp_path):
