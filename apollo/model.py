@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "count_parameters"]
+__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "count_parameters"]
 
 NORMS = ("batch", "spectral", "layer", "none")
 OUTPUT_BIAS = -3.0  # initial logit of every cell: sigmoid(-3) = 0.047
@@ -39,6 +39,7 @@ class ModelConfig:
     kernel: int = 4
     generator_norm: str = "layer"  # "layer" (per sample: same in training and sampling), "batch" or "none"
     discriminator_norm: str = "spectral"  # "spectral", "batch", "layer" or "none" (WGAN-GP: not "batch")
+    minibatch_std: int = 0  # D's group size for ProGAN's minibatch standard deviation feature (0: off)
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers
@@ -49,6 +50,8 @@ class ModelConfig:
             )
         if self.n_layers < 2:
             raise ValueError("n_layers must be at least 2")
+        if self.minibatch_std < 0:
+            raise ValueError("minibatch_std must be a group size (0: off)")
         if self.kernel % 2:
             raise ValueError("kernel must be even so that a stride-2 layer exactly halves or doubles")
         for name, value, allowed in (
@@ -120,6 +123,9 @@ class Discriminator(nn.Module):
         widths = [config.roll_channels, *reversed(config.hidden_widths), config.width]
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+            if i == len(widths) - 2 and config.minibatch_std:  # before the last convolution
+                layers.append(MinibatchStd(config.minibatch_std))
+                n_in += 1
             conv = nn.Conv2d(n_in, n_out, k, stride=2, padding=pad, bias=norm != "batch")
             layers.append(nn.utils.parametrizations.spectral_norm(conv) if norm == "spectral" else conv)
             if i > 0 and norm in ("batch", "layer"):  # "layer" treats each sample alone, as WGAN-GP needs
@@ -136,6 +142,32 @@ class Discriminator(nn.Module):
 
     def forward(self, rolls: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(rolls)).squeeze(1)
+
+
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation: one more feature map saying how much the rolls of each
+    group of ``group`` consecutive samples differ, so that a generator that writes the same roll over
+    and over is easy to catch (mode collapse).
+
+    Groups are consecutive samples, so a batch made of real rolls followed by as many fake ones
+    keeps the two apart when its halves are multiples of ``group`` (the trainer makes sure of it).
+    """
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        group = self.group if n % self.group == 0 else 1  # a lone sample differs from nothing: 0
+        spread = x.float().reshape(n // group, group, -1).var(dim=1, unbiased=False).add(1e-8).sqrt().mean(dim=1)
+        feature = spread.repeat_interleave(group).reshape(n, 1, 1, 1).expand(n, 1, height, width)
+        return torch.cat([x, feature.to(x.dtype).contiguous(memory_format=_layout(x))], dim=1)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:

@@ -138,8 +138,11 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig:
     # WGAN-GP penalizes the critic's gradient per example, so its critic must not use batch norm,
     # and spectral norm would fight the penalty; it gets layer norm, as in the WGAN-GP paper.
     norm = "layer" if config.loss == "wgan-gp" else PRESETS[config.preset].discriminator_norm
+    # Minibatch-std groups must divide the batch, so that no group mixes real and fake rolls.
+    group = PRESETS[config.preset].minibatch_std and math.gcd(PRESETS[config.preset].minibatch_std, config.batch_size)
     return dataclasses.replace(
         PRESETS[config.preset],
+        minibatch_std=group if group > 1 else 0,
         n_pitches=dataset.config.grid.n_pitches,
         n_steps=dataset.config.n_steps,
         roll_channels=ENCODINGS[dataset.config.encoding],

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from apollo.model import PRESETS, Discriminator, Generator, ModelConfig, count_parameters
+from apollo.model import PRESETS, Discriminator, Generator, MinibatchStd, ModelConfig, count_parameters
 
 
 def test_apollo_preset_has_apollogans_sizes():
@@ -58,6 +58,7 @@ def test_channels_last_and_bf16_give_the_same_shapes():
         (dict(kernel=3), "even"),
         (dict(discriminator_norm="group"), "discriminator_norm"),
         (dict(generator_norm="spectral"), "generator_norm"),
+        (dict(minibatch_std=-1), "group size"),
     ],
 )
 def test_impossible_configs_are_refused(changes, message):
@@ -68,3 +69,16 @@ def test_impossible_configs_are_refused(changes, message):
 def test_config_round_trips_through_a_dict():
     config = ModelConfig(width=16, discriminator_norm="layer")
     assert ModelConfig(**config.to_dict()) == config
+
+
+def test_minibatch_std_sees_repeated_rolls_and_keeps_groups_apart():
+    layer = MinibatchStd(4)
+    rolls = torch.rand(8, 3, 4, 4)
+    rolls[:4] = rolls[0]  # the first group: one roll four times, as a collapsed generator writes
+    out = layer(rolls)
+    assert out.shape == (8, 4, 4, 4)
+    assert torch.all(out[:4, 3] < 1e-3) and torch.all(out[4:, 3] > 0.1)
+    # Real rolls followed by fakes: what the fakes are never changes the real rolls' verdict.
+    d = Discriminator(ModelConfig(width=8)).eval()
+    real = torch.rand(4, 2, 64, 256).round()
+    assert torch.equal(d(torch.cat([real, torch.zeros_like(real)]))[:4], d(torch.cat([real, torch.ones_like(real)]))[:4])

@@ -231,3 +231,16 @@ def test_no_dataset_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["train", "--steps", "1"])
     assert result.exit_code == 1 and "no dataset in datasets/" in result.output
+
+
+def test_minibatch_std_groups_divide_the_batch(data, tmp_path, monkeypatch):
+    from apollo.dataset import RollDataset
+    from apollo.train import model_config_for
+
+    monkeypatch.setitem(PRESETS, "tiny", ModelConfig(width=8, minibatch_std=4))
+    dataset = RollDataset(data)
+    groups = {b: model_config_for(TrainConfig(preset="tiny", batch_size=b), dataset).minibatch_std for b in (4, 5, 6, 8)}
+    assert groups == {4: 4, 5: 0, 6: 2, 8: 4}  # a group never mixes real and fake rolls
+    run = train(TrainConfig(steps=2, **{**TINY, "batch_size": 6, "eval_every": 0}), data=data, run=tmp_path / "run",
+                progress=False)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["model_config"]["minibatch_std"] == 2
