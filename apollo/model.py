@@ -10,6 +10,10 @@ Shapes for the default grid (64 pitches, 256 steps), width ``w``, ``n_layers = 5
                    -> [roll_channels, 64, 256], sigmoid (the probability of each cell)
     discriminator  [roll_channels, 64, 256] -> [w, 32, 128] -> [2w, 16, 64] -> [4w, 8, 32]
                    -> [8w, 4, 16] -> [w, 2, 8] -> flatten 16w -> 4w -> 1 logit
+
+The generator normalizes with layer norm by default (the same in training and in sampling, unlike
+batch norm); the discriminator uses spectral norm. docs/model.md has the sizes, the compute and the
+measurements behind these choices.
 """
 
 from __future__ import annotations
