@@ -18,9 +18,9 @@ Run layout (``apollo generate`` and the docs rely on it)::
 A new run never reuses an existing directory; ``resume`` appends to the run it continues.
 
 Exactness: the batch order is a pure function of the seed and the step (each epoch is a
-permutation drawn from ``torch.Generator().manual_seed(seed, epoch)``), and the noise comes from a
-dedicated generator whose state is saved in every checkpoint, so on CPU N steps + resume + N steps
-gives bit for bit the weights of 2N steps in one go.
+permutation drawn from a ``torch.Generator`` seeded with (seed, epoch)), the noise generator is
+reseeded from (seed, rank, step) at every step, and training only ever stops between two steps, so
+on CPU N steps + resume + N steps gives bit for bit the weights of 2N steps in one go.
 """
 
 from __future__ import annotations
