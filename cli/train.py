@@ -17,7 +17,7 @@ RESUMABLE = ("steps", "minutes", "device", "resume", "progress")
 
 @click.command("train")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder (default: the newest under datasets/).")
-@click.option("--run", type=click.Path(path_type=Path), help="New run folder (default: runs/<date-time>); must not exist.")
+@click.option("--run", "--run-dir", "run", type=click.Path(path_type=Path), help="New run folder (default: runs/<date-time>); must not exist. Under torchrun spell it --run-dir.")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="RUN", help="Continue the run in this folder (or runs/RUN) from its last checkpoint.")
 @click.option("--preset", default="auto", show_default=True, type=click.Choice([*PRESETS, "auto"]), help="Model size; auto: small on CPU, apollo on a GPU.")
 @click.option("--loss", default="bce", show_default=True, type=click.Choice(LOSSES), help="GAN loss.")

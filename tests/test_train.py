@@ -217,7 +217,7 @@ def test_the_command_line(data, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
 
     for bad, message in (
-        ([*args, "--run", str(tmp_path / "run")], "already exists"),
+        ([*args, "--run-dir", str(tmp_path / "run")], "already exists"),  # --run's name under torchrun
         (["train", "--data", str(tmp_path / "nothing")], "not a finished dataset"),
         (["train", "--resume", str(tmp_path / "nope")], "no run to resume"),
     ):
