@@ -21,7 +21,14 @@ from apollo.errors import ApolloError
 from apollo.io import atomic_path
 from apollo.model import Generator, ModelConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "save_generator", "load_generator"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_generator",
+    "load_generator",
+    "latest_checkpoint",
+    "run_checkpoint",
+]
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -92,3 +99,26 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     except RuntimeError as error:
         raise ApolloError(f"{path}: weights do not match the model config ({str(error)[:200]})") from None
     return generator.to(device).eval(), meta
+
+
+# -- where a run keeps its checkpoints: runs/<name>/checkpoints/{best,last}.pt ------------------
+
+
+def run_checkpoint(run: str | Path, which: str = "best") -> Path | None:
+    """A run folder's ``checkpoints/<which>.pt`` (``best`` falls back to ``last``), or None."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    for name in dict.fromkeys((which, "last")):
+        path = Path(run) / "checkpoints" / f"{name}.pt"
+        if path.is_file():
+            return path
+    return None
+
+
+def latest_checkpoint(root: str | Path = "runs", which: str = "best") -> Path | None:
+    """The newest run's checkpoint (see :func:`run_checkpoint`): the one written last, or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = [path for run in root.iterdir() if (path := run_checkpoint(run, which)) is not None]
+    return max(found, key=lambda path: path.stat().st_mtime, default=None)

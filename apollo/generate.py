@@ -84,34 +84,6 @@ class ModelChoice:
         return f"{self.path} ({self.source})"
 
 
-def _latest_checkpoint(root: Path) -> Path | None:
-    """The newest run's ``checkpoints/best.pt`` (else ``last.pt``), as ``apollo.train.latest_checkpoint``.
-
-    Kept here rather than imported because importing apollo.train loads the dataset code and the
-    trainer, which ``apollo generate`` must not pay for at start-up; a test checks the two agree.
-    """
-    if not root.is_dir():
-        return None
-    found = []
-    for run in root.iterdir():
-        for name in ("best", "last"):
-            path = run / "checkpoints" / f"{name}.pt"
-            if path.is_file():
-                found.append((path.stat().st_mtime, path))
-                break
-    return max(found)[1] if found else None
-
-
-def _run_checkpoint(run: Path) -> Path:
-    for name in ("best", "last"):
-        path = run / "checkpoints" / f"{name}.pt"
-        if path.is_file():
-            return path
-    if not run.is_dir():
-        raise ApolloError(f"{run}: no such run directory")
-    raise ApolloError(f"{run}: no checkpoints/best.pt or checkpoints/last.pt in this run")
-
-
 def find_model(
     checkpoint: str | Path | None = None, run: str | Path | None = None, runs_root: str | Path = "runs"
 ) -> ModelChoice:
@@ -129,9 +101,15 @@ def find_model(
         if not path.is_file():
             raise ApolloError(f"{path}: no such checkpoint")
         return ModelChoice(path, "--checkpoint")
+    from apollo.checkpoint import latest_checkpoint, run_checkpoint
+
     if run is not None:
-        return ModelChoice(_run_checkpoint(Path(run)), f"run {Path(run).name}")
-    latest = _latest_checkpoint(Path(runs_root))
+        path = run_checkpoint(run)
+        if path is None:
+            problem = "no checkpoints/best.pt or checkpoints/last.pt in this run" if Path(run).is_dir() else "no such run directory"
+            raise ApolloError(f"{run}: {problem}")
+        return ModelChoice(path, f"run {Path(run).name}")
+    latest = latest_checkpoint(runs_root)
     if latest is not None:
         return ModelChoice(latest, f"most recent run's {latest.stem} checkpoint")
     if BUNDLED_MODEL.is_file():

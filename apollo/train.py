@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apollo import distributed
-from apollo.checkpoint import load_checkpoint, save_checkpoint
+from apollo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset, unpack_bits
 from apollo.errors import ApolloError
 from apollo.image import roll_image, save_png
@@ -288,27 +288,6 @@ def evaluate(generated: list[PianoRoll], reference: list[PianoRoll]) -> dict[str
 
 
 # -- run directories and checkpoints ---------------------------------------------------------
-
-
-def latest_checkpoint(root: str | Path = "runs", which: str = "best") -> Path | None:
-    """The newest run's ``checkpoints/<which>.pt`` (``best`` falls back to ``last``), or None.
-
-    The newest run is the one whose chosen checkpoint was written last. (``apollo generate`` keeps
-    a copy of this rule, to start without importing the trainer; a test checks the two agree.)
-    """
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    found = []
-    for run in root.iterdir():
-        for name in dict.fromkeys((which, "last")):
-            path = run / "checkpoints" / f"{name}.pt"
-            if path.is_file():
-                found.append((path.stat().st_mtime, path))
-                break
-    return max(found)[1] if found else None
 
 
 def new_run_dir(run: str | Path | None, root: str | Path = "runs") -> Path:

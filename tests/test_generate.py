@@ -224,15 +224,6 @@ def test_model_choice_order(models, tmp_path, monkeypatch, no_bundled):
         find_model(tmp_path / "nope.pt")
 
 
-def test_latest_checkpoint_matches_the_trainer(models, tmp_path):
-    train = pytest.importorskip("apollo.train")
-    runs = tmp_path / "runs"
-    for name, which in (("a", "best"), ("b", "last"), ("c", "best")):
-        (runs / name / "checkpoints").mkdir(parents=True)
-        (runs / name / "checkpoints" / f"{which}.pt").write_bytes(b"x")
-    assert generate_module._latest_checkpoint(runs) == train.latest_checkpoint(runs)
-
-
 def test_default_model_from_the_command_line(models, tmp_path, monkeypatch, no_bundled):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["generate", "out.mid"])
