@@ -69,8 +69,10 @@ class TrainConfig:
     steps: int | None = None  # generator updates in all (kept on resume); neither this nor minutes: 20 min
     minutes: float | None = None  # wall-clock budget of this session; with steps, whichever ends first
     batch_size: int = 64  # real examples per discriminator update, per process
-    lr: float = 2e-4  # generator learning rate
-    d_lr: float = 2e-4  # discriminator learning rate
+    # 5e-5 rather than DCGAN's 2e-4: on the chorales 2e-4 peaks within 100 steps and then collapses
+    # (mean OA 0.33 -> 0.05), 5e-5 climbs to 0.61 (docs/training.md).
+    lr: float = 5e-5  # generator learning rate
+    d_lr: float = 5e-5  # discriminator learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # Adam, as in DCGAN
     n_critic: int | None = None  # discriminator updates per generator update (None: 5 for wgan-gp, else 1)
     gp_weight: float = 10.0  # wgan-gp only
