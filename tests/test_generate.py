@@ -277,3 +277,17 @@ heavy = [m for m in ("music21", "tensorboard", "apollo.dataset", "apollo.train",
 assert not heavy, heavy
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_shipped_bundled_model_makes_a_violin_piece_with_no_run(tmp_path, monkeypatch):
+    """Right after install: `apollo generate --instrument violin out.mid --wav`, no training."""
+    assert generate_module.BUNDLED_MODEL.is_file(), "the package ships apollo/bundled/generator.safetensors"
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    output = run("--instrument", "violin", "--seed", 0, "--wav", "out.mid")
+    assert "(the bundled model: no run under runs/)" in output
+    assert program_and_tempo(tmp_path / "out.mid")[0] == [40]
+    notes = sum(m.type == "note_on" and m.velocity > 0 for m in mido.MidiFile(tmp_path / "out.mid").tracks[0])
+    assert notes > 20
+    with wave.open(str(tmp_path / "out.wav")) as wav:
+        frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    assert np.abs(frames).max() > 1000  # audible, not silence
