@@ -112,6 +112,7 @@ def test_ctrl_c_saves_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
     once = train(TrainConfig(steps=5, **TINY), data=data, run=tmp_path / "once", progress=False)
 
     real_batches = train_module.Batches.__call__
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
 
     def interrupt_during_batch_2(self, b):
         if b == 2:
@@ -121,7 +122,7 @@ def test_ctrl_c_saves_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as patch:
         patch.setattr(train_module.Batches, "__call__", interrupt_during_batch_2)
         run = train(TrainConfig(steps=5, **TINY), data=data, run=tmp_path / "stopped", progress=False)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
     message = capsys.readouterr().err
     assert "Stopped at step 3 (Ctrl-C)" in message and f"apollo train --resume {run}" in message
