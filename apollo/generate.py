@@ -34,7 +34,7 @@ import numpy as np
 
 from apollo.errors import ApolloError
 from apollo.instruments import instrument_program
-from apollo.io import atomic_path, write_json
+from apollo.io import FoundFile, write_json
 from apollo.roll import ENCODINGS, Grid, PianoRoll
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded
@@ -73,15 +73,7 @@ WINDOWS_PER_BATCH = 16  # windows pushed through the generator at once (bounds m
 # -- which model ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    """A model file and why it was chosen (printed, so the user knows what made the music)."""
-
-    path: Path
-    source: str
-
-    def __str__(self) -> str:
-        return f"{self.path} ({self.source})"
+ModelChoice = FoundFile  # the model file to generate with, and why it was chosen
 
 
 def find_model(

@@ -7,9 +7,21 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_json", "append_jsonl"]
+__all__ = ["FoundFile", "append_jsonl", "atomic_path", "write_json"]
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """A file Apollo chose for the user (a model, a SoundFont) and why: printed, so they know."""
+
+    path: Path
+    source: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.source})"
 
 
 @contextlib.contextmanager

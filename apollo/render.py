@@ -37,7 +37,7 @@ import numpy as np
 
 from apollo.errors import ApolloError, MidiError
 from apollo.instruments import instrument_program
-from apollo.io import atomic_path
+from apollo.io import FoundFile, atomic_path
 
 __all__ = [
     "MAX_SECONDS",
@@ -72,15 +72,7 @@ INSTALL_FLUIDSYNTH = (
 # -- SoundFonts ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SoundFont:
-    """A SoundFont file and where it was found (for the user: "which one did it use?")."""
-
-    path: Path
-    source: str
-
-    def __str__(self) -> str:
-        return f"{self.path} ({self.source})"
+SoundFont = FoundFile  # a SoundFont file, and where it was found
 
 
 def soundfont_dirs() -> list[Path]:
