@@ -3,6 +3,9 @@
 Each file is a few bytes to a few hundred bytes and shows one way real MIDI files go wrong;
 tests/test_midi_robustness.py names the reason Apollo gives for each. Files that must be large
 (thousands of tracks, over the size limit) are made by the tests themselves instead.
+
+The bytes are assembled here by hand, without Apollo's MIDI writer, so that the fixtures do not
+depend on the code they test.
 """
 
 from __future__ import annotations
