@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "count_parameters"]
+__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "count_parameters",
+           "init_without_checkerboard"]
 
 NORMS = ("batch", "spectral", "layer", "none")
 OUTPUT_BIAS = -3.0  # initial logit of every cell: sigmoid(-3) = 0.047
@@ -101,6 +102,9 @@ class Generator(nn.Module):
         layers.append(nn.ConvTranspose2d(widths[-1], config.roll_channels, k, stride=2, padding=pad))
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
+        for layer in self.net:
+            if isinstance(layer, nn.ConvTranspose2d):
+                init_without_checkerboard(layer)
         # Start from sparse rolls, as music is (about 5 % of cells sound), not from coin flips:
         # with fakes binarized for the discriminator, 50 % would mean a flood of notes at first.
         nn.init.constant_(self.net[-1].bias, OUTPUT_BIAS)
@@ -194,6 +198,23 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def init_without_checkerboard(layer: nn.ConvTranspose2d) -> None:
+    """Make a stride-2 transposed convolution start out as "nearest-neighbour upsampling, then a
+    (k-1) x (k-1) convolution" (Odena et al. 2016, Aitken et al. 2017).
+
+    A stride-2 transposed convolution fills even and odd output cells from different kernel taps.
+    With independent random taps the two phases differ, and the generator starts out writing every
+    other step and every other pitch: the dotted rows seen in early samples. Summing one random
+    (k-1) x (k-1) kernel at the four offsets of a 2 x 2 box gives both phases the same response to
+    a smooth input, and training starts from there.
+    """
+    weight = layer.weight  # [in, out, k, k]
+    k = weight.shape[-1]
+    small = torch.randn(*weight.shape[:2], k - 1, k - 1, device=weight.device) * weight.std() / 2
+    weight.copy_(sum(nn.functional.pad(small, (dx, 1 - dx, dy, 1 - dy)) for dx in (0, 1) for dy in (0, 1)))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -26,6 +26,7 @@ on CPU N steps + resume + N steps gives bit for bit the weights of 2N steps in o
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime
 import math
@@ -54,6 +55,7 @@ from apollo.roll import ENCODINGS, PianoRoll
 __all__ = ["TrainConfig", "LOSSES", "train", "latest_checkpoint", "resolve_device"]
 
 LOSSES = ("bce", "wgan-gp", "hinge")
+R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2: a third of the cost)
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
@@ -69,10 +71,10 @@ class TrainConfig:
     steps: int | None = None  # generator updates in all (kept on resume); neither this nor minutes: 20 min
     minutes: float | None = None  # wall-clock budget of this session; with steps, whichever ends first
     batch_size: int = 64  # real examples per discriminator update, per process
-    # 5e-5 rather than DCGAN's 2e-4: on the chorales 2e-4 peaks within 100 steps and then collapses
-    # (mean OA 0.33 -> 0.05), 5e-5 climbs to 0.61 (docs/training.md).
-    lr: float = 5e-5  # generator learning rate
-    d_lr: float = 5e-5  # discriminator learning rate
+    # A fast generator against a slow, R1-regularized discriminator: with equal rates and no R1 the
+    # discriminator wins within 100-300 steps at any rate tried (5e-5 to 2e-4; docs/results.md).
+    lr: float = 4e-4  # generator learning rate
+    d_lr: float = 1e-4  # discriminator learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # Adam, as in DCGAN
     n_critic: int | None = None  # discriminator updates per generator update (None: 5 for wgan-gp, else 1)
     gp_weight: float = 10.0  # wgan-gp only
@@ -80,6 +82,9 @@ class TrainConfig:
     instance_noise: float = 0.0  # std of the Gaussian noise added to everything the discriminator sees
     binarize: bool = True  # D sees fakes thresholded at 0.5 (straight-through gradients), as real rolls are binary
     augment_transpose: int = 0  # D sees real and fake rolls moved by random -N..N semitones (0: off)
+    augment_shift: int = 16  # D sees real and fake rolls moved by random -N..N steps in time (0: off)
+    r1: float = 10.0  # bce and hinge: weight of the R1 penalty, |grad of D at real rolls|^2 / 2 (0: off)
+    ema: float = 0.999  # decay of the moving average of G's weights that samples and is saved (0: off)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     bf16: bool | None = None  # bfloat16 autocast (None: on for CUDA and CPU, where it is about 2x faster)
@@ -231,19 +236,52 @@ def gradient_penalty(scores: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
     return ((grad.float().flatten(1).norm(dim=1) - 1.0) ** 2).mean()
 
 
-def transpose_randomly(rolls: torch.Tensor, max_shift: int, rng: torch.Generator) -> torch.Tensor:
-    """Each roll moved up or down by its own random number of semitones (rows), silence filling in.
+def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Generator) -> torch.Tensor:
+    """Each roll moved along ``dim`` (2: pitch, 3: time) by its own random -N..N cells, silence filling in.
 
     Augmentation for the discriminator only, applied alike to real and generated rolls (as in
     DiffAugment): on a few hundred chunks a discriminator otherwise learns the training set by
     heart. It is a permutation of cells, so the generator's gradients pass through it.
     """
-    n, _, pitches, _ = rolls.shape
+    n, size = rolls.shape[0], rolls.shape[dim]
     shift = torch.randint(-max_shift, max_shift + 1, (n, 1), device=rolls.device, generator=rng)
-    source = torch.arange(pitches, device=rolls.device) - shift  # [n, pitches]: the row that lands here
-    inside = ((source >= 0) & (source < pitches)).to(rolls.dtype)[:, None, :, None]
-    index = source.clamp(0, pitches - 1)[:, None, :, None].expand_as(rolls)
-    return torch.gather(rolls, 2, index) * inside
+    source = torch.arange(size, device=rolls.device) - shift  # [n, size]: the cell that lands here
+    view = [n, 1, 1, 1]
+    view[dim] = size
+    inside = ((source >= 0) & (source < size)).to(rolls.dtype).reshape(view)
+    index = source.clamp(0, size - 1).reshape(view).expand_as(rolls)
+    return torch.gather(rolls, dim, index) * inside
+
+
+def as_decoded(planes: torch.Tensor) -> torch.Tensor:
+    """Generated onset-encoded planes [B, 2, P, T] as :meth:`PianoRoll.decode` reads them.
+
+    Decoding keeps an onset only where the pitch sounds, and starts a note wherever a pitch begins
+    to sound after silence. Real rolls obey both rules cell for cell, so without this a discriminator
+    wins by spotting one stray onset in a generated roll, long before it learns anything musical.
+    The expression is exact on 0/1 cells (and the identity on real rolls) and smooth in between,
+    so the generator's gradients pass through it.
+    """
+    sounding, onset = planes[:, :1], planes[:, 1:]
+    before = F.pad(sounding, (1, 0))[..., :-1]  # did the pitch sound one step earlier?
+    starts = sounding * (1 - before)
+    onset = sounding * (onset + starts - onset * starts)  # sounding and (onset or start)
+    return torch.cat([sounding, onset], dim=1)
+
+
+def r1_penalty(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): the squared gradient of D at real rolls, averaged; it keeps D
+    from sharpening its boundary around the training set, which is what lets it run away from G."""
+    (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+    return grad.float().flatten(1).square().sum(dim=1).mean()
+
+
+@torch.no_grad()
+def update_ema(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model, for weights; buffers are copied."""
+    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - decay)
+    for mine, theirs in zip(average.buffers(), model.buffers()):
+        mine.copy_(theirs)
 
 
 def grad_norm(module: nn.Module) -> torch.Tensor:
@@ -452,9 +490,15 @@ def train(
         step, best = state["step"], state.get("best_metric")
         if isinstance(state.get("torch_rng"), torch.Tensor):
             torch.set_rng_state(state["torch_rng"])
+    # The moving average of G's weights is what samples, is evaluated and is exported: it smooths
+    # the weights' wandering from step to step without slowing training down.
+    G_ema = copy.deepcopy(G).requires_grad_(False) if config.ema else None
+    if G_ema is not None and state is not None and "generator_ema" in state:
+        G_ema.load_state_dict(state["generator_ema"])
     if config.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_plain, D_plain = G, D  # the modules themselves, for sampling and for D inside the G step
+    G_sampling = G_ema if G_ema is not None else G_plain
     if world.distributed:
         ids = [device.index] if device.type == "cuda" else None
         G = nn.parallel.DistributedDataParallel(G, device_ids=ids)
@@ -492,6 +536,7 @@ def train(
     def checkpoint(name: str) -> None:
         save_checkpoint(run_dir / "checkpoints" / f"{name}.pt", {
             "generator": G_plain.state_dict(), "discriminator": D_plain.state_dict(),
+            **({"generator_ema": G_ema.state_dict()} if G_ema is not None else {}),
             "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
             "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(config),
             "dataset_config": dataset_config, "data": str(data), "step": step, "best_metric": best,
@@ -499,13 +544,13 @@ def train(
         })
 
     def write_sample_set() -> None:
-        rolls = generate_rolls(G_plain, fixed_noise[: config.n_samples], train_set.config)
+        rolls = generate_rolls(G_sampling, fixed_noise[: config.n_samples], train_set.config)
         picture = write_samples(rolls, run_dir / "samples" / f"step-{step:06d}")
         writer.add_image("samples", picture, step, dataformats="HWC")
 
     def evaluate_and_keep_best() -> None:
         nonlocal best
-        quality = evaluate(generate_rolls(G_plain, fixed_noise[: config.n_eval], train_set.config), reference)
+        quality = evaluate(generate_rolls(G_sampling, fixed_noise[: config.n_eval], train_set.config), reference)
         append_jsonl(metrics, {"step": step, **{f"eval/{key}": value for key, value in quality.items()}})
         for key, value in quality.items():
             if value is not None:
@@ -518,11 +563,14 @@ def train(
         """What the discriminator is shown: real or fake rolls alike, transposed at random and
         blurred by instance noise when the config asks for it."""
         if config.augment_transpose:
-            rolls = transpose_randomly(rolls, config.augment_transpose, noise_rng)
+            rolls = shift_randomly(rolls, config.augment_transpose, 2, noise_rng)
+        if config.augment_shift:
+            rolls = shift_randomly(rolls, config.augment_shift, 3, noise_rng)
         if config.instance_noise:
             rolls = rolls + config.instance_noise * torch.randn(rolls.shape, device=device, generator=noise_rng)
         return rolls
 
+    dataset_encoding = train_set.config.encoding
     # 5. The loop.
     from tqdm import tqdm
 
@@ -558,8 +606,13 @@ def train(
                     fake = G(noise.contiguous(memory_format=layout))
                     if config.binarize:  # forward: 0/1 cells like the real rolls; backward: identity
                         fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
+                    if dataset_encoding == "onset":
+                        fake = as_decoded(fake)
                 with autocast:
                     seen_real, seen_fake = seen_by_d(real), seen_by_d(fake.detach())
+                    lazy_r1 = config.r1 and kind != "wgan-gp" and step % R1_EVERY == 0
+                    if lazy_r1:
+                        seen_real = seen_real.detach().requires_grad_(True)
                     inputs = [seen_real, seen_fake]
                     if kind == "wgan-gp":
                         alpha = torch.rand(real.shape[0], 1, 1, 1, device=device, generator=noise_rng)
@@ -573,6 +626,9 @@ def train(
                     if kind == "wgan-gp":
                         penalty = gradient_penalty(scores[2 * len(real) :], mixed)
                         d_loss = d_loss + config.gp_weight * penalty
+                    elif lazy_r1:  # every R1_EVERY steps, as much as it would weigh in all of them
+                        penalty = r1_penalty(real_scores, seen_real)
+                        d_loss = d_loss + config.r1 / 2 * R1_EVERY * penalty
                 d_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 if log_now and last:
@@ -591,6 +647,8 @@ def train(
             g_opt.step()
             D_plain.requires_grad_(True)
             step += 1
+            if G_ema is not None:
+                update_ema(G_ema, G_plain, min(config.ema, step / (step + 10)))
 
             # Bookkeeping, without a device sync on most steps: sums stay on the device.
             stats += torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
@@ -604,7 +662,7 @@ def train(
                 record = {"step": step, "time": round(time.monotonic() - started, 2), "d_loss": d_loss_,
                           "g_loss": g_loss_, "d_real": d_real, "d_fake": d_fake,
                           "d_grad_norm": d_norm.item(), "g_grad_norm": g_norm.item(), "samples_per_s": speed}
-                if kind == "wgan-gp":
+                if kind == "wgan-gp" or config.r1:
                     record["penalty"] = pen
                 append_jsonl(metrics, record)
                 for key, value in record.items():

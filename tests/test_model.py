@@ -82,3 +82,18 @@ def test_minibatch_std_sees_repeated_rolls_and_keeps_groups_apart():
     d = Discriminator(ModelConfig(width=8)).eval()
     real = torch.rand(4, 2, 64, 256).round()
     assert torch.equal(d(torch.cat([real, torch.zeros_like(real)]))[:4], d(torch.cat([real, torch.ones_like(real)]))[:4])
+
+
+def test_the_generator_starts_without_checkerboard():
+    """Each transposed convolution answers a constant input with a constant output (away from the
+    borders): even and odd cells get the same value, so no dotted rows from the start."""
+    g = Generator(ModelConfig(width=8))
+    layers = [m for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(layers) == 5
+    for layer in layers:
+        out = layer(torch.ones(1, layer.in_channels, 6, 6)).detach()[:, :, 2:-2, 2:-2]
+        assert torch.allclose(out, out[:, :, :1, :1].expand_as(out), atol=1e-6)
+    # An ordinary random transposed convolution does not: the test can fail.
+    plain = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1, bias=False)
+    out = plain(torch.ones(1, 8, 6, 6)).detach()[:, :, 2:-2, 2:-2]
+    assert not torch.allclose(out, out[:, :, :1, :1].expand_as(out), atol=1e-6)

@@ -8,6 +8,7 @@ import pickle
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -245,3 +246,48 @@ def test_minibatch_std_groups_divide_the_batch(data, tmp_path, monkeypatch):
     run = train(TrainConfig(steps=2, **{**TINY, "batch_size": 6, "eval_every": 0}), data=data, run=tmp_path / "run",
                 progress=False)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["model_config"]["minibatch_std"] == 2
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_shift_augmentation_moves_each_roll_by_at_most_n_cells(dim):
+    rolls = torch.zeros(32, 2, 64, 256)
+    rolls[:, :, 30, 100] = 1.0
+    moved = train_module.shift_randomly(rolls, 5, dim, torch.Generator().manual_seed(0))
+    where = moved.nonzero()
+    assert len(where) == 64  # one cell per plane per roll: nothing lost, nothing added
+    offsets = where[:, dim] - (30 if dim == 2 else 100)
+    other = 3 if dim == 2 else 2
+    assert (where[:, other] == (100 if dim == 2 else 30)).all()  # the other axis does not move
+    assert offsets.abs().max() <= 5 and len(offsets.unique()) > 3
+    assert torch.equal(moved[:, 0], moved[:, 1])  # both planes of a roll move together
+    assert torch.equal(train_module.shift_randomly(rolls, 0, dim, torch.Generator()), rolls)
+
+
+def test_r1_and_the_moving_average_train_resume_exactly_and_sample(data, tmp_path):
+    settings = dict(r1=1.0, ema=0.9, augment_shift=8, augment_transpose=2, **TINY)
+    once = train(TrainConfig(steps=6, **settings), data=data, run=tmp_path / "once", progress=False)
+    half = train(TrainConfig(steps=3, **settings), data=data, run=tmp_path / "half", progress=False)
+    train(TrainConfig(steps=6), resume=half, progress=False)
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (once, half))
+    assert_identical(a["generator_ema"], b["generator_ema"])
+    assert_identical(weights(once / "checkpoints" / "last.pt"), weights(half / "checkpoints" / "last.pt"))
+    # The average differs from the trained weights, and it is what apollo generate loads.
+    assert not all(torch.equal(a["generator"][k], a["generator_ema"][k]) for k in a["generator"])
+    generator, _ = load_generator(once / "checkpoints" / "last.pt")
+    assert_identical({k: v for k, v in generator.state_dict().items()}, a["generator_ema"])
+    penalties = [json.loads(x)["penalty"] for x in (once / "metrics.jsonl").read_text().splitlines() if "d_loss" in x]
+    assert penalties and all(p >= 0 for p in penalties) and max(penalties) > 0
+
+
+def test_the_discriminator_sees_generated_planes_as_they_decode(data):
+    from apollo.dataset import RollDataset
+    from apollo.roll import PianoRoll
+
+    real = RollDataset(data, split="train")
+    planes = torch.from_numpy(np.stack([roll.encode("onset") for roll in real.rolls(range(len(real)))])).float()
+    assert torch.equal(train_module.as_decoded(planes), planes)  # real rolls already obey the rules
+    noise = (torch.rand(8, 2, 64, 256, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    decoded = train_module.as_decoded(noise)
+    assert not torch.equal(decoded, noise)  # stray onsets and onset-less starts were there
+    for planes_in, planes_out in zip(noise, decoded):
+        assert np.array_equal(PianoRoll.decode(planes_in.numpy()).encode("onset"), planes_out.numpy().astype(bool))
