@@ -58,6 +58,8 @@ LOSSES = ("bce", "wgan-gp", "hinge")
 R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2: a third of the cost)
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
+# Settings added after runs were already saved without them: such a run goes on as it trained.
+OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -437,7 +439,8 @@ def train(
         run_dir = find_run(resume, runs_root)
         state = read_training_checkpoint(run_dir / "checkpoints" / "last.pt")
         try:
-            saved = TrainConfig(**{**state["train_config"], "betas": tuple(state["train_config"]["betas"])})
+            saved = TrainConfig(**{**OFF_IN_OLDER_RUNS, **state["train_config"],
+                                   "betas": tuple(state["train_config"]["betas"])})
         except (TypeError, ValueError) as error:
             raise ApolloError(f"{run_dir}: the checkpoint's train_config is not usable ({error})") from None
         if config is not None:  # how long and where may change; None keeps the run's own
@@ -560,8 +563,8 @@ def train(
             checkpoint("best")
 
     def seen_by_d(rolls: torch.Tensor) -> torch.Tensor:
-        """What the discriminator is shown: real or fake rolls alike, transposed at random and
-        blurred by instance noise when the config asks for it."""
+        """What the discriminator is shown: real or fake rolls alike, moved at random in pitch
+        and in time and blurred by instance noise, as far as the config asks for it."""
         if config.augment_transpose:
             rolls = shift_randomly(rolls, config.augment_transpose, 2, noise_rng)
         if config.augment_shift:
@@ -570,7 +573,6 @@ def train(
             rolls = rolls + config.instance_noise * torch.randn(rolls.shape, device=device, generator=noise_rng)
         return rolls
 
-    dataset_encoding = train_set.config.encoding
     # 5. The loop.
     from tqdm import tqdm
 
@@ -606,7 +608,7 @@ def train(
                     fake = G(noise.contiguous(memory_format=layout))
                     if config.binarize:  # forward: 0/1 cells like the real rolls; backward: identity
                         fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
-                    if dataset_encoding == "onset":
+                    if train_set.config.encoding == "onset":
                         fake = as_decoded(fake)
                 with autocast:
                     seen_real, seen_fake = seen_by_d(real), seen_by_d(fake.detach())

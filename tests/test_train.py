@@ -291,3 +291,18 @@ def test_the_discriminator_sees_generated_planes_as_they_decode(data):
     assert not torch.equal(decoded, noise)  # stray onsets and onset-less starts were there
     for planes_in, planes_out in zip(noise, decoded):
         assert np.array_equal(PianoRoll.decode(planes_in.numpy()).encode("onset"), planes_out.numpy().astype(bool))
+
+
+def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, tmp_path):
+    run = train(TrainConfig(steps=2, r1=0.0, ema=0.0, augment_shift=0, **TINY), data=data, run=tmp_path / "old",
+                progress=False)
+    path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    for key in ("r1", "ema", "augment_shift"):  # what an older Apollo wrote
+        del state["train_config"][key]
+    save_checkpoint(path, state)
+    train(TrainConfig(steps=3), resume=run, progress=False)
+    resumed = load_checkpoint(path)
+    assert resumed["step"] == 3 and "generator_ema" not in resumed
+    assert {key: resumed["train_config"][key] for key in ("r1", "ema", "augment_shift")} == \
+        {"r1": 0.0, "ema": 0.0, "augment_shift": 0}
