@@ -8,7 +8,8 @@
 
 The bare step is the trainer's update with nothing around it: random binary rolls already on the
 device, one discriminator update on real + fake, one generator update, in the precision and memory
-layout the trainer uses. The trainer is :func:`apollo.train.train` on a real dataset, timed from its
+layout the trainer uses, with the same algorithm (decoded fakes, time shifts, the lazy R1 penalty
+and the moving average of the generator, as the config asks). The trainer is :func:`apollo.train.train` on a real dataset, timed from its
 own metrics lines (so start-up is left out, but batch gathering and unpacking, logging and the
 progress bar are in). Sample sets, evaluations and checkpoints happen every few hundred steps; each
 is timed once and its cost spread over its default interval. The bare step and the trainer take
@@ -30,8 +31,9 @@ import torch
 
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset
-from apollo.train import (TrainConfig, discriminator_loss, generate_rolls, generator_loss, evaluate,
-                          model_config_for, resolve_device, settle, train, write_samples)
+from apollo.train import (R1_EVERY, TrainConfig, as_decoded, discriminator_loss, generate_rolls, generator_loss,
+                          evaluate, model_config_for, r1_penalty, resolve_device, settle, shift_randomly, train,
+                          update_ema, write_samples)
 from apollo.model import Discriminator, Generator, ModelConfig
 
 
@@ -52,32 +54,45 @@ def bare_rate(config: TrainConfig, model_config: ModelConfig, device: torch.devi
     b = config.batch_size
     real = (torch.rand(b, model_config.roll_channels, model_config.n_pitches, model_config.n_steps,
                        device=device) < 0.04).float().contiguous(memory_format=layout)
+    G_ema = Generator(model_config).to(device) if config.ema else None
+    rng = torch.Generator(device)
 
-    def step() -> None:
+    def seen(rolls: torch.Tensor) -> torch.Tensor:
+        return shift_randomly(rolls, config.augment_shift, 3, rng) if config.augment_shift else rolls
+
+    def step(i: int) -> None:
         noise = torch.randn(b, *model_config.noise_shape, device=device).contiguous(memory_format=layout)
         with autocast:
             fake = G(noise)
             if config.binarize:
                 fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
-            scores = D(torch.cat([real, fake.detach()]).contiguous(memory_format=layout)).float()
+            if model_config.roll_channels == 2:
+                fake = as_decoded(fake)
+            penalize = config.r1 and i % R1_EVERY == 0
+            seen_real = seen(real).requires_grad_(bool(penalize))
+            scores = D(torch.cat([seen_real, seen(fake.detach())]).contiguous(memory_format=layout)).float()
             d_loss = discriminator_loss(config.loss, scores[:b], scores[b:], config.label_smoothing)
+            if penalize:
+                d_loss = d_loss + config.r1 / 2 * R1_EVERY * r1_penalty(scores[:b], seen_real)
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         d_opt.step()
         D.requires_grad_(False)
         with autocast:
-            g_loss = generator_loss(config.loss, D(fake).float())
+            g_loss = generator_loss(config.loss, D(seen(fake).contiguous(memory_format=layout)).float())
         g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
         g_opt.step()
         D.requires_grad_(True)
+        if G_ema is not None:
+            update_ema(G_ema, G, config.ema)
 
-    for _ in range(warmup):
-        step()
+    for i in range(warmup):
+        step(i)
     sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    for i in range(steps):
+        step(i)
     sync(device)
     return steps * b / (time.perf_counter() - start)
 
