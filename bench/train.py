@@ -153,7 +153,10 @@ def plot(run: Path, out: Path) -> None:
     for ax in axes:
         ax.legend(loc="upper right")
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel(f"step ({logged[-1]['time'] / 60:.0f} minutes in all)" if logged else "step")
+    # Each session's clock starts at 0: add up the sessions that stopped, then the one still going.
+    stopped = sum(line["time"] for line in lines if line.get("event") == "stop")
+    going = logged[-1]["time"] if logged and lines[-1].get("event") != "stop" else 0.0
+    axes[-1].set_xlabel(f"step ({(stopped + going) / 60:.0f} minutes in all)" if logged else "step")
     config = json.loads((run / "config.json").read_text())
     train_config = config["train_config"]
     fig.suptitle(f"{run.name}: {train_config['preset']} preset, {train_config['loss']} loss, "
