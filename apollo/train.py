@@ -255,6 +255,15 @@ def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Gen
     return torch.gather(rolls, dim, index) * inside
 
 
+def as_judged(probs: torch.Tensor, binarize: bool, encoding: str) -> torch.Tensor:
+    """Generated probabilities as the discriminator judges them: with ``binarize``, 0/1 cells like
+    the real rolls (forward: thresholded at 0.5; backward: the identity, straight-through), and,
+    for the onset encoding, read as the decoder reads them (:func:`as_decoded`)."""
+    if binarize:
+        probs = probs + ((probs > 0.5).to(probs.dtype) - probs).detach()
+    return as_decoded(probs) if encoding == "onset" else probs
+
+
 def as_decoded(planes: torch.Tensor) -> torch.Tensor:
     """Generated onset-encoded planes [B, 2, P, T] as :meth:`PianoRoll.decode` reads them.
 
@@ -606,10 +615,7 @@ def train(
                 last = k == n_critic - 1
                 with autocast, torch.set_grad_enabled(last):  # the last fakes also train G below
                     fake = G(noise.contiguous(memory_format=layout))
-                    if config.binarize:  # forward: 0/1 cells like the real rolls; backward: identity
-                        fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
-                    if train_set.config.encoding == "onset":
-                        fake = as_decoded(fake)
+                    fake = as_judged(fake, config.binarize, train_set.config.encoding)
                 with autocast:
                     seen_real, seen_fake = seen_by_d(real), seen_by_d(fake.detach())
                     lazy_r1 = config.r1 and kind != "wgan-gp" and step % R1_EVERY == 0

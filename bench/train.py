@@ -9,9 +9,9 @@
 The bare step is the trainer's update with nothing around it: random binary rolls already on the
 device, one discriminator update on real + fake, one generator update, in the precision and memory
 layout the trainer uses, with the same algorithm (decoded fakes, time shifts, the lazy R1 penalty
-and the moving average of the generator, as the config asks). The trainer is :func:`apollo.train.train` on a real dataset, timed from its
-own metrics lines (so start-up is left out, but batch gathering and unpacking, logging and the
-progress bar are in). Sample sets, evaluations and checkpoints happen every few hundred steps; each
+and the moving average of the generator, as the config asks). The trainer is
+:func:`apollo.train.train` on a real dataset, timed from its own metrics lines (so start-up is left
+out, but batch gathering and unpacking, logging and the progress bar are in). Sample sets, evaluations and checkpoints happen every few hundred steps; each
 is timed once and its cost spread over its default interval. The bare step and the trainer take
 turns, ``--repeats`` times, so that both see the same load on a shared machine; the table shows
 medians.
@@ -31,7 +31,7 @@ import torch
 
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset
-from apollo.train import (R1_EVERY, TrainConfig, as_decoded, discriminator_loss, generate_rolls, generator_loss,
+from apollo.train import (R1_EVERY, TrainConfig, as_judged, discriminator_loss, generate_rolls, generator_loss,
                           evaluate, model_config_for, r1_penalty, resolve_device, settle, shift_randomly, train,
                           update_ema, write_samples)
 from apollo.model import Discriminator, Generator, ModelConfig
@@ -42,7 +42,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_rate(config: TrainConfig, model_config: ModelConfig, device: torch.device, steps: int, warmup: int) -> float:
+def bare_rate(config: TrainConfig, model_config: ModelConfig, encoding: str, device: torch.device, steps: int,
+              warmup: int) -> float:
     """Samples per second of the bare update on random rolls (about 4 % of cells set, like music)."""
     torch.manual_seed(0)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -63,11 +64,7 @@ def bare_rate(config: TrainConfig, model_config: ModelConfig, device: torch.devi
     def step(i: int) -> None:
         noise = torch.randn(b, *model_config.noise_shape, device=device).contiguous(memory_format=layout)
         with autocast:
-            fake = G(noise)
-            if config.binarize:
-                fake = fake + ((fake > 0.5).to(fake.dtype) - fake).detach()
-            if model_config.roll_channels == 2:
-                fake = as_decoded(fake)
+            fake = as_judged(G(noise), config.binarize, encoding)
             penalize = config.r1 and i % R1_EVERY == 0
             seen_real = seen(real).requires_grad_(bool(penalize))
             scores = D(torch.cat([seen_real, seen(fake.detach())]).contiguous(memory_format=layout)).float()
@@ -186,7 +183,8 @@ def main() -> None:
     device = resolve_device(args.device)
     data = args.data or find_latest_dataset()
     config = settle(TrainConfig(preset=args.preset, device=args.device, batch_size=args.batch_size), device)
-    model_config = model_config_for(config, RollDataset(data))
+    dataset = RollDataset(data)
+    model_config, encoding = model_config_for(config, dataset), dataset.config.encoding
     cpu = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"{config.preset} preset, batch {config.batch_size}, {device.type} ({cpu}), torch {torch.__version__}")
 
@@ -197,7 +195,7 @@ def main() -> None:
         rates: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):  # round robin, so that every variant sees the same load
             for name, variant in variants.items():
-                rates[name].append(bare_rate(variant, model_config, device, args.steps, args.warmup))
+                rates[name].append(bare_rate(variant, model_config, encoding, device, args.steps, args.warmup))
         base = statistics.median(rates["fp32 NCHW"])
         for name, values in rates.items():
             median = statistics.median(values)
@@ -208,7 +206,7 @@ def main() -> None:
     bare, trainer = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            bare.append(bare_rate(config, model_config, device, args.steps, args.warmup))
+            bare.append(bare_rate(config, model_config, encoding, device, args.steps, args.warmup))
             rate, run = trainer_rate(config, data, args.steps, args.warmup, Path(tmp) / f"run{i}")
             trainer.append(rate)
         costs = event_costs(config, run, data)

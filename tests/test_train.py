@@ -274,7 +274,7 @@ def test_r1_and_the_moving_average_train_resume_exactly_and_sample(data, tmp_pat
     # The average differs from the trained weights, and it is what apollo generate loads.
     assert not all(torch.equal(a["generator"][k], a["generator_ema"][k]) for k in a["generator"])
     generator, _ = load_generator(once / "checkpoints" / "last.pt")
-    assert_identical({k: v for k, v in generator.state_dict().items()}, a["generator_ema"])
+    assert_identical(dict(generator.state_dict()), a["generator_ema"])
     penalties = [json.loads(x)["penalty"] for x in (once / "metrics.jsonl").read_text().splitlines() if "d_loss" in x]
     assert penalties and all(p >= 0 for p in penalties) and max(penalties) > 0
 
