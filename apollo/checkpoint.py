@@ -70,7 +70,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     """A generator in eval mode and its metadata, from a training checkpoint or a safetensors export.
 
     The metadata holds at least ``model_config`` and ``dataset_config`` (the grid, encoding and
-    chunk length the generator was trained on).
+    chunk length the generator was trained on), and ``key_moves`` for a model trained in one key
+    (:func:`apollo.key.move_histogram`).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -90,7 +91,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         if "generator" not in state:
             raise ApolloError(f"{path}: not an Apollo checkpoint (no generator weights)")
         weights = state.get("generator_ema", state["generator"])  # the moving average samples best
-        meta = {k: v for k, v in state.items() if k.endswith("_config") or k in ("step", "apollo_version")}
+        meta = {k: v for k, v in state.items() if k.endswith("_config") or k in ("step", "apollo_version", "key_moves")}
     if "model_config" not in meta:
         raise ApolloError(f"{path}: not an Apollo model (no model_config)")
     generator = Generator(ModelConfig(**meta["model_config"]))

@@ -65,8 +65,10 @@ class DatasetConfig:
     is kept when at least ``min_fill`` of it lies inside the piece (the rest is silence, so a piece
     shorter than a chunk but at least ``min_fill`` of one becomes one padded chunk; shorter pieces
     are skipped) and it holds at least ``min_notes`` note onsets. ``transpose`` is an inclusive
-    semitone range, every transposition a separate chunk; ``time_shift`` adds copies of each
-    window delayed by 1..time_shift steps (ApolloGAN's "layback"). Validation files are the
+    semitone range, every transposition a separate chunk; ``normalize_key`` instead moves each
+    chunk to C major / A minor (:mod:`apollo.key`), its move recorded in the manifest's
+    ``transpose`` column; ``time_shift`` adds copies of each window delayed by 1..time_shift steps
+    (ApolloGAN's "layback"). Validation files are the
     ``val_fraction`` of source files with the smallest content hashes, so the split is by piece.
     """
 
@@ -75,6 +77,7 @@ class DatasetConfig:
     hop: int = 128
     encoding: str = "onset"
     transpose: tuple[int, int] = (0, 0)
+    normalize_key: bool = False
     time_shift: int = 0
     min_notes: int = 8
     min_fill: float = 0.5
@@ -95,6 +98,8 @@ class DatasetConfig:
         low, high = self.transpose if len(self.transpose) == 2 else (1, 0)
         if not -24 <= low <= high <= 24:
             raise ValueError(f"transpose must be a range low..high within -24..24, got {self.transpose}")
+        if self.normalize_key and self.transpose != (0, 0):
+            raise ValueError("normalize_key moves every chunk to one key; it cannot be combined with transpose")
         if not 0 <= self.time_shift < self.n_steps:
             raise ValueError(f"time_shift must lie in 0..{self.n_steps - 1}, got {self.time_shift}")
         if self.min_notes < 0:

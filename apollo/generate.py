@@ -35,6 +35,7 @@ import numpy as np
 from apollo.errors import ApolloError
 from apollo.instruments import instrument_program
 from apollo.io import FoundFile, write_json
+from apollo.key import draw_move
 from apollo.roll import ENCODINGS, Grid, PianoRoll
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded
@@ -123,6 +124,7 @@ class ModelSpec:
     encoding: str
     n_steps: int  # steps in one generated window
     tempo: float
+    key_moves: tuple[int, ...] | None = None  # trained in one key: how the corpus's chunks were moved there
 
     @property
     def steps_per_bar(self) -> int:
@@ -139,7 +141,9 @@ class ModelSpec:
         if ENCODINGS.get(encoding) != planes:
             raise ApolloError(f"the model makes {planes} plane(s) but its metadata names encoding {encoding!r}")
         tempo = float(meta.get("tempo") or data.get("tempo") or DEFAULT_TEMPO)
-        return cls(grid, encoding, int(data.get("n_steps") or model.get("n_steps", 256)), tempo)
+        moves = meta.get("key_moves")
+        return cls(grid, encoding, int(data.get("n_steps") or model.get("n_steps", 256)), tempo,
+                   tuple(moves) if moves else None)
 
 
 def load_model(choice: ModelChoice) -> tuple[Generator, ModelSpec]:
@@ -224,6 +228,7 @@ class GeneratedPiece:
     seconds: float
     n_notes: int
     program: int
+    transpose: int = 0  # semitones the model's output was moved
     wav: Path | None = None
     png: Path | None = None
     render_info: RenderInfo | None = None  # how the WAV was rendered, when one was
@@ -250,6 +255,7 @@ def generate(
     bars: int | None = None,
     tempo: float | None = None,
     threshold: float = 0.5,
+    transpose: int | None = None,
     wav: bool = False,
     png: bool = False,
     soundfont: str | Path | None = None,
@@ -263,7 +269,10 @@ def generate(
     model (16 bars). ``instrument`` is a General MIDI name, alias or program (see
     :mod:`apollo.instruments`); the MIDI carries its program and the tempo.
     ``wav`` renders each piece beside its MIDI file exactly as ``apollo render`` does; ``png``
-    saves its piano roll. Raises ApolloError with a one-line message.
+    saves its piano roll. ``transpose`` moves every piece by that many semitones; left out, a model
+    trained in one key (``--normalize-key``) moves each piece to a key drawn, with the piece's seed,
+    from the keys of its training corpus, and any other model's output stays as it is.
+    Raises ApolloError with a one-line message.
     """
     if n < 1:
         raise ApolloError(f"--n must be at least 1, got {n}")
@@ -287,8 +296,12 @@ def generate(
     for i, midi_path in enumerate(numbered_paths(out, n)):
         probs = sample_probabilities(generator, n_steps, seed + i)
         roll = PianoRoll.decode(probs, spec.encoding, spec.grid, tempo=tempo, threshold=threshold)
+        move = transpose if transpose is not None else \
+            draw_move(spec.key_moves, np.random.default_rng(seed + i)) if spec.key_moves else 0
+        if move:
+            roll = roll.transpose(move)
         write_midi(roll, midi_path, program=instrument)
-        piece = GeneratedPiece(midi_path, seed + i, bars, roll.seconds, roll.n_notes, instrument)
+        piece = GeneratedPiece(midi_path, seed + i, bars, roll.seconds, roll.n_notes, instrument, move)
         if png:
             from apollo.image import save_png
 

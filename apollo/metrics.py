@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from apollo.key import SCALES
 from apollo.roll import SILENT, Grid, PianoRoll
 
 __all__ = [
@@ -49,22 +50,6 @@ __all__ = [
 BEATS_PER_BAR = 4
 QUALIFIED_STEPS = 3  # a note of at least this many steps is "qualified" (MuseGAN's QN)
 
-MAJOR = (0, 2, 4, 5, 7, 9, 11)
-HARMONIC_MINOR = (0, 2, 3, 5, 7, 8, 11)
-
-
-def _scales() -> np.ndarray:
-    """The 24 scales as a bool array [24, 12]: C..B major, then C..B harmonic minor."""
-    scales = np.zeros((24, 12), dtype=bool)
-    for root in range(12):
-        scales[root, [(root + step) % 12 for step in MAJOR]] = True
-        scales[12 + root, [(root + step) % 12 for step in HARMONIC_MINOR]] = True
-    return scales
-
-
-# Harmonic, not natural, minor: a natural minor scale has the same pitch classes as its relative
-# major, so "24 major and natural minor scales" would really be only 12 different sets.
-SCALES = _scales()
 
 
 @dataclass(frozen=True)

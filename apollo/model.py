@@ -19,15 +19,17 @@ measurements behind these choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "count_parameters",
+__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "ChromaStream", "fold_octaves", "count_parameters",
            "init_without_checkerboard"]
 
 NORMS = ("batch", "spectral", "layer", "none")
+PITCH_CLASSES = 12
 OUTPUT_BIAS = -3.0  # initial logit of every cell: sigmoid(-3) = 0.047
 
 
@@ -45,6 +47,7 @@ class ModelConfig:
     generator_norm: str = "layer"  # "layer" (per sample: same in training and sampling), "batch" or "none"
     discriminator_norm: str = "spectral"  # "spectral", "batch", "layer" or "none" (WGAN-GP: not "batch")
     minibatch_std: int = 0  # D's group size for ProGAN's minibatch standard deviation feature (0: off)
+    chroma: bool = False  # pitch-class paths: G picks a key per sample, D also sees the roll folded to 12 classes
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers
@@ -108,12 +111,22 @@ class Generator(nn.Module):
         # Start from sparse rolls, as music is (about 5 % of cells sound), not from coin flips:
         # with fakes binarized for the discriminator, 50 % would mean a flood of notes at first.
         nn.init.constant_(self.net[-1].bias, OUTPUT_BIAS)
+        # A key is a choice among the 12 pitch classes, which convolutions along pitch cannot make
+        # (they see a few semitones at a time): one bias per pitch class, read from the noise,
+        # added to every octave of that class.
+        self.key = nn.Linear(math.prod(config.noise_shape), PITCH_CLASSES) if config.chroma else None
+        if self.key is not None:
+            init_weights(self.key)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(noise))
 
     def logits(self, noise: torch.Tensor) -> torch.Tensor:
-        return self.net(noise)
+        logits = self.net(noise)
+        if self.key is None:
+            return logits
+        rows = torch.arange(self.config.n_pitches, device=noise.device) % PITCH_CLASSES
+        return logits + self.key(noise.flatten(1))[:, None, rows, None]
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.randn(n, *self.config.noise_shape, generator=generator, device=device)
@@ -145,11 +158,53 @@ class Discriminator(nn.Module):
         if norm == "spectral":
             dense = [nn.utils.parametrizations.spectral_norm(layer) for layer in dense]
         self.features = nn.Sequential(*layers, nn.Flatten())
+        self.chroma = ChromaStream(config) if config.chroma else None
+        if self.chroma is not None:
+            flat += self.chroma.n_features
+            dense[0] = nn.Linear(flat, hidden)
+            if norm == "spectral":
+                dense[0] = nn.utils.parametrizations.spectral_norm(dense[0])
         self.head = nn.Sequential(dense[0], nn.LeakyReLU(0.2, inplace=True), dense[1])
         self.apply(init_weights)
 
     def forward(self, rolls: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(rolls)).squeeze(1)
+        features = self.features(rolls)
+        if self.chroma is not None:
+            features = torch.cat([features, self.chroma(rolls)], dim=1)
+        return self.head(features).squeeze(1)
+
+
+class ChromaStream(nn.Module):
+    """The discriminator's view of harmony, after MuseGAN's chroma stream: the sounding plane folded
+    into 12 pitch classes (row ``r`` is class ``r mod 12``, a rotation of the true classes that keeps
+    every interval), then 1-D convolutions along time, down to as many positions as the main path.
+
+    Whether a roll keeps to a key is a question about all octaves at once; the 2-D path, which sees
+    a few semitones per kernel, learns it slowly if at all.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        k, pad = config.kernel, config.kernel // 2 - 1
+        widths = [PITCH_CLASSES, *reversed(config.hidden_widths), config.width]
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip(widths, widths[1:]):
+            conv = nn.Conv1d(n_in, n_out, k, stride=2, padding=pad)
+            layers.append(nn.utils.parametrizations.spectral_norm(conv) if config.discriminator_norm == "spectral" else conv)
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.n_features = config.width * config.noise_shape[2]
+
+    def forward(self, rolls: torch.Tensor) -> torch.Tensor:
+        return self.net(fold_octaves(rolls[:, 0]))  # plane 0 is "sounding" in every encoding
+
+
+def fold_octaves(cells: torch.Tensor) -> torch.Tensor:
+    """[B, pitches, steps] -> [B, 12, steps]: row ``r`` added into class ``r mod 12``."""
+    n, n_pitches, n_steps = cells.shape
+    octaves = -(-n_pitches // PITCH_CLASSES)
+    padded = nn.functional.pad(cells, (0, 0, 0, octaves * PITCH_CLASSES - n_pitches))
+    return padded.reshape(n, octaves, PITCH_CLASSES, n_steps).sum(dim=1)
 
 
 class MinibatchStd(nn.Module):

@@ -54,6 +54,7 @@ import numpy as np
 from apollo import __version__
 from apollo.dataset import FORMAT, FORMAT_VERSION, DatasetConfig, pack_planes
 from apollo.errors import ApolloError, MidiError
+from apollo.key import move_to_c
 from apollo.midi import MidiNotes, read_bytes, read_notes
 from apollo.roll import ONSET, PianoRoll
 
@@ -174,14 +175,24 @@ def chunk_piece(notes: MidiNotes, config: DatasetConfig) -> dict[str, np.ndarray
     window = (starts[None, :] - shifts[:, None]).reshape(-1)
     shift_of = np.repeat(shifts, len(starts))
 
-    rows, offsets, transposes, shift_column = [], [], [], []
-    for semitones in config.transpositions:
-        roll = PianoRoll.from_notes(
+    def roll_moved(semitones: int) -> PianoRoll:
+        return PianoRoll.from_notes(
             notes.pitch + semitones, notes.start, notes.end, grid, n_steps=end, out_of_range=config.out_of_range
         )
+
+    lo, hi = np.clip(window, 0, end), np.clip(window + width, 0, end)
+    # Which windows are moved by how many semitones: all by each transposition, or each to C.
+    plan = [(semitones, np.ones(len(window), dtype=bool)) for semitones in config.transpositions]
+    if config.normalize_key:
+        as_written = roll_moved(0)
+        moves = np.array([move_to_c(as_written.slice(a, b)) for a, b in zip(lo, hi)])
+        plan = [(int(semitones), moves == semitones) for semitones in np.unique(moves)]
+
+    rows, offsets, transposes, shift_column = [], [], [], []
+    for semitones, chosen in plan:
+        roll = roll_moved(semitones)
         onsets = np.concatenate([[0], np.cumsum((roll.cells == ONSET).sum(axis=0))])
-        lo, hi = np.clip(window, 0, end), np.clip(window + width, 0, end)
-        keep = onsets[hi] - onsets[lo] >= max(config.min_notes, 1)
+        keep = chosen & (onsets[hi] - onsets[lo] >= max(config.min_notes, 1))
         if not keep.any():
             continue
         planes = roll.encode(config.encoding)

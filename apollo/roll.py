@@ -139,6 +139,12 @@ class PianoRoll:
         extra = max(0, n_steps - self.n_steps)
         return PianoRoll(np.pad(self.cells, ((0, 0), (0, extra))), self.grid, self.tempo)
 
+    def transpose(self, semitones: int, out_of_range: str = "fold") -> PianoRoll:
+        """The same notes ``semitones`` higher (lower if negative); notes pushed off the grid are
+        folded back by octaves, or dropped with ``out_of_range="drop"``."""
+        pitch, start, end = self.notes()
+        return PianoRoll.from_notes(pitch + semitones, start, end, self.grid, self.tempo, self.n_steps, out_of_range)
+
     @staticmethod
     def concatenate(rolls: list[PianoRoll]) -> PianoRoll:
         """Rolls one after the other in time (grid and tempo of the first)."""

@@ -49,6 +49,7 @@ from apollo.dataset import RollDataset, find_latest_dataset, unpack_bits
 from apollo.errors import ApolloError
 from apollo.image import roll_image, save_png
 from apollo.io import append_jsonl, write_json
+from apollo.key import move_histogram
 from apollo.model import PRESETS, Discriminator, Generator, ModelConfig
 from apollo.roll import ENCODINGS, PianoRoll
 
@@ -87,6 +88,7 @@ class TrainConfig:
     augment_shift: int = 16  # D sees real and fake rolls moved by random -N..N steps in time (0: off)
     r1: float = 10.0  # bce and hinge: weight of the R1 penalty, |grad of D at real rolls|^2 / 2 (0: off)
     ema: float = 0.999  # decay of the moving average of G's weights that samples and is saved (0: off)
+    diversity: float = 0.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     bf16: bool | None = None  # bfloat16 autocast (None: on for CUDA and CPU, where it is about 2x faster)
@@ -278,6 +280,20 @@ def as_decoded(planes: torch.Tensor) -> torch.Tensor:
     starts = sounding * (1 - before)
     onset = sounding * (onset + starts - onset * starts)  # sounding and (onset or start)
     return torch.cat([sounding, onset], dim=1)
+
+
+def diversity_shortfall(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """A mode-seeking term (after MSGAN, Mao et al. 2019), for G to minimize: how far the rolls of
+    the fake batch are, pair by pair, from differing as much as the real batch's rolls differ.
+
+    0 once fakes differ as much as real rolls do, 1 for a collapsed generator (the same roll from
+    any noise). Measured against real pairs rather than unbounded, so it asks for real music's
+    variety, not for noise.
+    """
+    half = len(fake) // 2
+    def spread(rolls: torch.Tensor) -> torch.Tensor:
+        return (rolls[:half] - rolls[half : 2 * half]).abs().mean()
+    return torch.relu(1 - spread(fake) / spread(real).clamp_min(1e-6))
 
 
 def r1_penalty(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -477,6 +493,8 @@ def train(
     # 2. Data: the training split as packed bits, a fixed slice of validation rolls to compare with.
     train_set = RollDataset(data, split="train")
     dataset_config = dataclasses.asdict(train_set.config)
+    # A model trained in one key writes in it; generate moves each piece to one of the corpus's keys.
+    key_moves = move_histogram(train_set.provenance["transpose"]) if train_set.config.normalize_key else None
     if state is not None and state["dataset_config"] != dataset_config:
         raise ApolloError(f"{data} is not the dataset this run was trained on (its config differs)")
     batches = Batches(train_set, config.batch_size, config.seed, world)
@@ -552,7 +570,7 @@ def train(
             "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
             "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(config),
             "dataset_config": dataset_config, "data": str(data), "step": step, "best_metric": best,
-            "torch_rng": torch.get_rng_state(),
+            **({"key_moves": key_moves} if key_moves is not None else {}), "torch_rng": torch.get_rng_state(),
         })
 
     def write_sample_set() -> None:
@@ -614,8 +632,8 @@ def train(
                 noise = torch.randn(real.shape[0], *model_config.noise_shape, device=device, generator=noise_rng)
                 last = k == n_critic - 1
                 with autocast, torch.set_grad_enabled(last):  # the last fakes also train G below
-                    fake = G(noise.contiguous(memory_format=layout))
-                    fake = as_judged(fake, config.binarize, train_set.config.encoding)
+                    probs = G(noise.contiguous(memory_format=layout))
+                    fake = as_judged(probs, config.binarize, train_set.config.encoding)
                 with autocast:
                     seen_real, seen_fake = seen_by_d(real), seen_by_d(fake.detach())
                     lazy_r1 = config.r1 and kind != "wgan-gp" and step % R1_EVERY == 0
@@ -648,6 +666,8 @@ def train(
             D_plain.requires_grad_(False)
             with autocast:
                 g_loss = generator_loss(kind, D_plain(seen_by_d(fake).contiguous(memory_format=layout)).float())
+                if config.diversity:
+                    g_loss = g_loss + config.diversity * diversity_shortfall(fake.float(), real.float())
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:

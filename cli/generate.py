@@ -28,11 +28,14 @@ from apollo.instruments import instrument_name
 @click.option("--tempo", type=click.FloatRange(10, 400), help="Beats per minute. Default: the model's (else 100).")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
               help="A cell sounds where its probability is above this; lower gives more notes.")
+@click.option("--transpose", type=click.IntRange(-24, 24), metavar="SEMITONES",
+              help="Move every piece by this many semitones. Default: a model trained in one key "
+              "(--normalize-key) writes each piece in a key drawn from its corpus's keys.")
 @click.option("--wav", is_flag=True, help="Also render each piece to a WAV beside it (as `apollo render`).")
 @click.option("--png", is_flag=True, help="Also save each piece's piano roll as a PNG beside it.")
 @soundfont_option
 def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int, n: int, seed: int | None,
-             bars: int | None, tempo: float | None, threshold: float, wav: bool, png: bool,
+             bars: int | None, tempo: float | None, threshold: float, transpose: int | None, wav: bool, png: bool,
              soundfont: Path | None) -> None:
     """Generate new music as the MIDI file OUT (and a WAV and PNG beside it).
 
@@ -45,13 +48,14 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
     if checkpoint is not None and run is not None:
         raise click.UsageError("give --checkpoint or --run, not both")
     result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, n=n, seed=seed, bars=bars,
-                             tempo=tempo, threshold=threshold, wav=wav, png=png, soundfont=soundfont)
+                             tempo=tempo, threshold=threshold, transpose=transpose, wav=wav, png=png, soundfont=soundfont)
     click.echo(f"Model: {result.model}")
     seeds = f"{result.seed}" if n == 1 else f"{result.seed}..{result.seed + n - 1} (one per piece)"
     click.echo(f"Seed: {seeds}; --seed {result.seed} makes the same files again")
     for piece in result.pieces:
         click.echo(f"Wrote {piece.midi}: {piece.bars} bars, {piece.seconds:.1f} s at {result.tempo:g} BPM, "
-                   f"{piece.n_notes} notes, {instrument_name(piece.program)}")
+                   f"{piece.n_notes} notes, {instrument_name(piece.program)}"
+                   + (f", moved {piece.transpose:+d} semitones" if piece.transpose else ""))
         if piece.n_notes == 0:
             click.echo(f"warning: {piece.midi} has no notes (try a lower --threshold)", err=True)
         if piece.png:

@@ -43,6 +43,8 @@ class SemitoneRange(click.ParamType):
               help="Planes per chunk: onset (sounding + onset), rest or plain.")
 @click.option("--transpose", default="0:0", show_default=True, type=SemitoneRange(),
               help="Semitone range for transposed copies, e.g. -5:6.")
+@click.option("--normalize-key", is_flag=True,
+              help="Move every chunk to C major / A minor (generated pieces are moved back to the corpus's keys).")
 @click.option("--time-shift", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also add copies delayed by 1..N steps.")
 @click.option("--min-fill", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
@@ -61,7 +63,7 @@ class SemitoneRange(click.ParamType):
               help="MiB a worker may allocate.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
 def preprocess(midi_dir: Path, out: Path | None, steps_per_beat: int, n_steps: int, hop: int, lowest_pitch: int,
-               n_pitches: int, encoding: str, transpose: tuple[int, int], time_shift: int, min_fill: float,
+               n_pitches: int, encoding: str, transpose: tuple[int, int], normalize_key: bool, time_shift: int, min_fill: float,
                min_notes: int, val_fraction: float, out_of_range: str, drums: bool, workers: int | None,
                timeout: float, memory_limit: int, overwrite: bool) -> None:
     """Turn the MIDI files under MIDI_DIR into a piano-roll dataset.
@@ -76,7 +78,8 @@ def preprocess(midi_dir: Path, out: Path | None, steps_per_beat: int, n_steps: i
     try:
         grid = Grid(lowest_pitch, n_pitches, steps_per_beat)
         config = DatasetConfig(
-            grid=grid, n_steps=n_steps, hop=hop, encoding=encoding, transpose=transpose, time_shift=time_shift,
+            grid=grid, n_steps=n_steps, hop=hop, encoding=encoding, transpose=transpose, normalize_key=normalize_key,
+            time_shift=time_shift,
             min_fill=min_fill, min_notes=min_notes, val_fraction=val_fraction, out_of_range=out_of_range,
             include_drums=drums,
         )

@@ -100,7 +100,8 @@ def test_config_round_trips_and_validates(dataset):
     config = DatasetConfig(grid=Grid(24, 72, 2), encoding="rest", transpose=(-5, 6), time_shift=3)
     assert DatasetConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert config.shape == (1, 72, 256) and len(config.transpositions) == 12
-    for bad in ({"encoding": "midi"}, {"transpose": (3, -3)}, {"hop": 0}, {"val_fraction": 1.0}, {"min_fill": 0}):
+    for bad in ({"encoding": "midi"}, {"transpose": (3, -3)}, {"hop": 0}, {"val_fraction": 1.0}, {"min_fill": 0},
+                {"normalize_key": True, "transpose": (-5, 6)}):
         with pytest.raises(ValueError):
             DatasetConfig(**bad)
 

@@ -110,6 +110,31 @@ def test_same_seed_same_bytes_other_seed_other_music(models, tmp_path):
     assert (tmp_path / "c.mid").read_bytes() != (tmp_path / "a.mid").read_bytes()
 
 
+def test_a_model_trained_in_one_key_writes_in_the_corpus_keys(models, tmp_path):
+    from apollo.key import move_histogram
+    from apollo.roll import PianoRoll
+
+    # The corpus was in D (moved down 2 to C) three times as often as in A (moved up 3).
+    generator, _ = load_generator(models["pt"])
+    keyed = tmp_path / "keyed.safetensors"
+    save_generator(keyed, generator, {"dataset_config": {**DATASET_CONFIG, "normalize_key": True},
+                                      "key_moves": move_histogram([-2, -2, -2, 3])})
+    run("--checkpoint", models["pt"], "--seed", 3, "--n", 8, tmp_path / "plain" / "a.mid")
+    output = run("--checkpoint", keyed, "--seed", 3, "--n", 8, tmp_path / "keyed" / "a.mid")
+    moves = []
+    for plain, moved in zip(sorted((tmp_path / "plain").glob("*.mid")), sorted((tmp_path / "keyed").glob("*.mid"))):
+        a, b = PianoRoll.from_midi(plain), PianoRoll.from_midi(moved)
+        move = next(m for m in (2, -3) if np.array_equal(a.transpose(m).cells, b.cells))  # the same music, moved
+        moves.append(move)
+    assert set(moves) == {2, -3} and output.count("moved +2 semitones") == moves.count(2)
+    # --transpose chooses the move for every piece, for any model.
+    run("--checkpoint", keyed, "--seed", 3, "--transpose", 0, tmp_path / "c.mid")
+    assert (tmp_path / "c.mid").read_bytes() == (tmp_path / "plain" / "a-01.mid").read_bytes()
+    run("--checkpoint", models["pt"], "--seed", 3, "--transpose", -1, tmp_path / "down.mid")
+    down = PianoRoll.from_midi(tmp_path / "down.mid")
+    assert np.array_equal(PianoRoll.from_midi(tmp_path / "plain" / "a-01.mid").transpose(-1).cells, down.cells)
+
+
 def test_random_seed_is_printed_and_reproduces(models, tmp_path):
     output = run("--checkpoint", models["pt"], tmp_path / "a.mid")
     seed = int(output.split("Seed: ")[1].split(";")[0])

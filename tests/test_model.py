@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from apollo.model import PRESETS, Discriminator, Generator, MinibatchStd, ModelConfig, count_parameters
+from apollo.model import PRESETS, Discriminator, Generator, MinibatchStd, ModelConfig, count_parameters, fold_octaves
 
 
 def test_apollo_preset_has_apollogans_sizes():
@@ -97,3 +97,32 @@ def test_the_generator_starts_without_checkerboard():
     plain = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1, bias=False)
     out = plain(torch.ones(1, 8, 6, 6)).detach()[:, :, 2:-2, 2:-2]
     assert not torch.allclose(out, out[:, :, :1, :1].expand_as(out), atol=1e-6)
+
+
+def test_fold_octaves_adds_each_row_into_its_pitch_class():
+    cells = torch.zeros(1, 64, 4)
+    cells[0, 0, 0] = cells[0, 12, 0] = cells[0, 60, 0] = 1  # three octaves of class 0
+    cells[0, 5, 1] = cells[0, 63, 2] = 1  # class 5; the last row, 63, is class 3
+    chroma = fold_octaves(cells)
+    assert chroma.shape == (1, 12, 4)
+    assert chroma[0, 0, 0] == 3 and chroma[0, 5, 1] == 1 and chroma[0, 3, 2] == 1
+    assert chroma.sum() == cells.sum()
+
+
+def test_chroma_paths_give_a_key_bias_and_a_pitch_class_view():
+    config = ModelConfig(width=8, chroma=True)
+    g, d = Generator(config), Discriminator(config)
+    with torch.no_grad():
+        nn.init.normal_(g.key.weight, 0.0, 1.0)
+        noise = g.sample_noise(3)
+        bias = g.logits(noise) - g.net(noise)
+    # One value per sample and pitch class, the same in every octave and at every step.
+    assert torch.allclose(bias[:, :, :52], bias[:, :, 12:], atol=1e-5)
+    assert torch.allclose(bias, bias[..., :1].expand_as(bias), atol=1e-5)
+    assert bias[0, 0, :12, 0].std() > 0.1 and not torch.allclose(bias[0], bias[1])
+    rolls = g(noise)
+    assert d(rolls).shape == (3,) and d.chroma is not None
+    # Without it, no extra parameters: older checkpoints load as they were saved.
+    plain = ModelConfig(width=8)
+    assert Generator(plain).key is None and Discriminator(plain).chroma is None
+    assert ModelConfig(**config.to_dict()) == config

@@ -149,6 +149,26 @@ def test_time_shift_delays_copies_of_each_window():
         assert np.array_equal(planes[s, 0, :, s:], planes[0, 0, :, : 256 - s])
 
 
+def test_normalize_key_moves_each_window_to_c_and_records_the_move():
+    from apollo.key import estimate_key, move_to_c
+
+    start = np.arange(0, 512, 4)
+    degrees = np.array([0, 2, 4, 5, 7, 9, 11, 12])[np.arange(len(start)) % 8]
+    tonic = np.where(start < 256, 62, 67)  # 16 bars of D major scales, then 16 of G major
+    modulating = _notes(tonic + degrees, start, start + 4)
+    chunks = chunk_piece(modulating, DatasetConfig(normalize_key=True))
+    order = np.argsort(chunks["offset"])
+    assert chunks["offset"][order].tolist() == [0, 128, 256, 384]
+    moves = chunks["transpose"][order].tolist()
+    assert moves[0] == -2 and moves[2:] == [5, 5] and moves[1] in (-2, 5)  # D down to C, G up; the middle is both
+    planes = np.unpackbits(chunks["rows"], axis=1, bitorder="little").reshape(4, 2, 64, 256)
+    for window in planes:
+        roll = PianoRoll.decode(window)
+        assert estimate_key(roll) == (0, "major") and move_to_c(roll) == 0
+    # Without it, the same windows as written.
+    assert chunk_piece(modulating, DatasetConfig())["transpose"].tolist() == [0, 0, 0, 0]
+
+
 # -- files and folders -----------------------------------------------------------------------------
 
 

@@ -51,6 +51,16 @@ def test_midi_round_trip_keeps_program_tempo_and_notes(tmp_path, c_major_roll):
     assert programs == [40]
 
 
+def test_transpose_moves_notes_and_folds_what_leaves_the_grid(c_major_roll):
+    up = c_major_roll.transpose(5)
+    assert np.array_equal(up.cells[5:], c_major_roll.cells[:-5]) and up.tempo == c_major_roll.tempo
+    assert np.array_equal(up.transpose(-5).cells, c_major_roll.cells)
+    top = PianoRoll.from_notes(np.array([92, 92]), np.array([0, 4]), np.array([4, 8]))  # repeated, row 62
+    folded, dropped = top.transpose(3), top.transpose(3, out_of_range="drop")
+    assert folded.n_notes == 2 and folded.notes()[0].tolist() == [83, 83]  # 95 is one octave down
+    assert dropped.n_notes == 0 and dropped.n_steps == top.n_steps
+
+
 def test_slice_starts_cut_notes():
     roll = PianoRoll.from_notes(np.array([60]), np.array([0]), np.array([8]))
     part = roll.slice(4, 8)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import apollo.train as train_module
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.cli.main import cli
-from apollo.dataset import DatasetConfig
+from apollo.dataset import DatasetConfig, RollDataset
 from apollo.errors import ApolloError
 from apollo.model import PRESETS, ModelConfig
 from apollo.preprocess import preprocess
@@ -306,3 +306,27 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
     assert resumed["step"] == 3 and "generator_ema" not in resumed
     assert {key: resumed["train_config"][key] for key in ("r1", "ema", "augment_shift")} == \
         {"r1": 0.0, "ema": 0.0, "augment_shift": 0}
+
+
+def test_diversity_shortfall_is_one_for_a_collapsed_generator_and_zero_for_real_variety():
+    g = torch.Generator().manual_seed(0)
+    real = (torch.rand(8, 2, 64, 256, generator=g) > 0.9).float()
+    collapsed = real[:1].expand(8, -1, -1, -1)
+    assert train_module.diversity_shortfall(collapsed, real).item() == pytest.approx(1.0)
+    assert train_module.diversity_shortfall(real.flip(0), real).item() == pytest.approx(0.0)  # as varied as real
+    half_as_varied = torch.where(torch.arange(8).reshape(8, 1, 1, 1) % 2 == 0, real, real[:1])
+    assert 0.1 < train_module.diversity_shortfall(half_as_varied, real).item() < 0.9
+
+
+def test_chroma_paths_and_the_diversity_term_train_on_a_key_normalized_dataset(chorale_dir, tmp_path, monkeypatch):
+    from apollo.key import MOVES
+
+    monkeypatch.setitem(PRESETS, "tiny", ModelConfig(width=8, chroma=True))
+    data = tmp_path / "in-c"
+    preprocess(chorale_dir, data, DatasetConfig(normalize_key=True), workers=1)
+    run = train(TrainConfig(steps=4, diversity=1.0, **TINY), data=data, run=tmp_path / "run", progress=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["model_config"]["chroma"] and state["train_config"]["diversity"] == 1.0
+    assert len(state["key_moves"]) == len(MOVES) and sum(state["key_moves"]) == len(RollDataset(data))
+    generator, meta = load_generator(run / "checkpoints" / "last.pt")
+    assert generator.key is not None and meta["key_moves"] == state["key_moves"]
