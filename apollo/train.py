@@ -60,7 +60,7 @@ R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
-OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0}
+OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -86,6 +86,9 @@ class TrainConfig:
     binarize: bool = True  # D sees fakes thresholded at 0.5 (straight-through gradients), as real rolls are binary
     augment_transpose: int = 0  # D sees real and fake rolls moved by random -N..N semitones (0: off)
     augment_shift: int = 16  # D sees real and fake rolls moved by random -N..N steps in time (0: off)
+    # ... in whole beats, so that D still sees where the beats fall: moved by any number of steps,
+    # real notes that start on the beat look no more real than the generator's off-beat ones.
+    shift_in_beats: bool = True
     r1: float = 10.0  # bce and hinge: weight of the R1 penalty, |grad of D at real rolls|^2 / 2 (0: off)
     ema: float = 0.999  # decay of the moving average of G's weights that samples and is saved (0: off)
     diversity: float = 0.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
@@ -240,15 +243,16 @@ def gradient_penalty(scores: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
     return ((grad.float().flatten(1).norm(dim=1) - 1.0) ** 2).mean()
 
 
-def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Generator) -> torch.Tensor:
-    """Each roll moved along ``dim`` (2: pitch, 3: time) by its own random -N..N cells, silence filling in.
+def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Generator, unit: int = 1) -> torch.Tensor:
+    """Each roll moved along ``dim`` (2: pitch, 3: time) by its own random -N..N cells, in multiples
+    of ``unit``, silence filling in.
 
     Augmentation for the discriminator only, applied alike to real and generated rolls (as in
     DiffAugment): on a few hundred chunks a discriminator otherwise learns the training set by
     heart. It is a permutation of cells, so the generator's gradients pass through it.
     """
     n, size = rolls.shape[0], rolls.shape[dim]
-    shift = torch.randint(-max_shift, max_shift + 1, (n, 1), device=rolls.device, generator=rng)
+    shift = unit * torch.randint(-(max_shift // unit), max_shift // unit + 1, (n, 1), device=rolls.device, generator=rng)
     source = torch.arange(size, device=rolls.device) - shift  # [n, size]: the cell that lands here
     view = [n, 1, 1, 1]
     view[dim] = size
@@ -589,13 +593,15 @@ def train(
             best = quality["mean_oa"]
             checkpoint("best")
 
+    beat = train_set.config.grid.steps_per_beat
+
     def seen_by_d(rolls: torch.Tensor) -> torch.Tensor:
         """What the discriminator is shown: real or fake rolls alike, moved at random in pitch
         and in time and blurred by instance noise, as far as the config asks for it."""
         if config.augment_transpose:
             rolls = shift_randomly(rolls, config.augment_transpose, 2, noise_rng)
         if config.augment_shift:
-            rolls = shift_randomly(rolls, config.augment_shift, 3, noise_rng)
+            rolls = shift_randomly(rolls, config.augment_shift, 3, noise_rng, beat if config.shift_in_beats else 1)
         if config.instance_noise:
             rolls = rolls + config.instance_noise * torch.randn(rolls.shape, device=device, generator=noise_rng)
         return rolls
@@ -607,7 +613,7 @@ def train(
                disable=not (progress and world.main))
     kind, n_critic = config.loss, config.n_critic
     as_prob = torch.sigmoid if kind == "bce" else torch.as_tensor  # D(x) as a probability where it is one
-    stats = torch.zeros(5, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty
+    stats = torch.zeros(6, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty, shortfall
     n_stats, interval_start = 0, time.perf_counter()
     started = last_save = time.monotonic()
     reason = "done"
@@ -666,8 +672,9 @@ def train(
             D_plain.requires_grad_(False)
             with autocast:
                 g_loss = generator_loss(kind, D_plain(seen_by_d(fake).contiguous(memory_format=layout)).float())
+                shortfall = diversity_shortfall(fake.float(), real.float()) if config.diversity else torch.zeros((), device=device)
                 if config.diversity:
-                    g_loss = g_loss + config.diversity * diversity_shortfall(fake.float(), real.float())
+                    g_loss = g_loss + config.diversity * shortfall
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:
@@ -680,11 +687,11 @@ def train(
 
             # Bookkeeping, without a device sync on most steps: sums stay on the device.
             stats += torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
-                                  as_prob(fake_scores.detach()).mean(), penalty.detach()])
+                                  as_prob(fake_scores.detach()).mean(), penalty.detach(), shortfall.detach()])
             n_stats += 1
             bar.update(1)
             if log_now and world.main:
-                d_loss_, g_loss_, d_real, d_fake, pen = (stats / n_stats).tolist()
+                d_loss_, g_loss_, d_real, d_fake, pen, short = (stats / n_stats).tolist()
                 now = time.perf_counter()
                 speed = n_stats * n_critic * config.batch_size * world.size / (now - interval_start)
                 record = {"step": step, "time": round(time.monotonic() - started, 2), "d_loss": d_loss_,
@@ -692,6 +699,8 @@ def train(
                           "d_grad_norm": d_norm.item(), "g_grad_norm": g_norm.item(), "samples_per_s": speed}
                 if kind == "wgan-gp" or config.r1:
                     record["penalty"] = pen
+                if config.diversity:
+                    record["diversity_shortfall"] = short
                 append_jsonl(metrics, record)
                 for key, value in record.items():
                     if key not in ("step", "time"):

@@ -35,6 +35,7 @@ from apollo.train import (R1_EVERY, TrainConfig, as_judged, discriminator_loss, 
                           evaluate, model_config_for, r1_penalty, resolve_device, settle, shift_randomly, train,
                           update_ema, write_samples)
 from apollo.model import Discriminator, Generator, ModelConfig
+from apollo.roll import Grid
 
 
 def sync(device: torch.device) -> None:
@@ -59,7 +60,8 @@ def bare_rate(config: TrainConfig, model_config: ModelConfig, encoding: str, dev
     rng = torch.Generator(device)
 
     def seen(rolls: torch.Tensor) -> torch.Tensor:
-        return shift_randomly(rolls, config.augment_shift, 3, rng) if config.augment_shift else rolls
+        unit = Grid().steps_per_beat if config.shift_in_beats else 1  # speed does not depend on it
+        return shift_randomly(rolls, config.augment_shift, 3, rng, unit) if config.augment_shift else rolls
 
     def step(i: int) -> None:
         noise = torch.randn(b, *model_config.noise_shape, device=device).contiguous(memory_format=layout)

@@ -261,6 +261,10 @@ def test_shift_augmentation_moves_each_roll_by_at_most_n_cells(dim):
     assert offsets.abs().max() <= 5 and len(offsets.unique()) > 3
     assert torch.equal(moved[:, 0], moved[:, 1])  # both planes of a roll move together
     assert torch.equal(train_module.shift_randomly(rolls, 0, dim, torch.Generator()), rolls)
+    # In whole beats (unit 4): the moves keep every note where it falls within the beat.
+    beats = train_module.shift_randomly(rolls, 9, dim, torch.Generator().manual_seed(0), unit=4).nonzero()
+    moves = beats[:, dim] - (30 if dim == 2 else 100)
+    assert set(moves.unique().tolist()) == {-8, -4, 0, 4, 8}
 
 
 def test_r1_and_the_moving_average_train_resume_exactly_and_sample(data, tmp_path):
@@ -298,14 +302,14 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
                 progress=False)
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
-    for key in ("r1", "ema", "augment_shift"):  # what an older Apollo wrote
+    for key in ("r1", "ema", "augment_shift", "shift_in_beats"):  # what an older Apollo wrote
         del state["train_config"][key]
     save_checkpoint(path, state)
     train(TrainConfig(steps=3), resume=run, progress=False)
     resumed = load_checkpoint(path)
     assert resumed["step"] == 3 and "generator_ema" not in resumed
-    assert {key: resumed["train_config"][key] for key in ("r1", "ema", "augment_shift")} == \
-        {"r1": 0.0, "ema": 0.0, "augment_shift": 0}
+    assert {key: resumed["train_config"][key] for key in ("r1", "ema", "augment_shift", "shift_in_beats")} == \
+        {"r1": 0.0, "ema": 0.0, "augment_shift": 0, "shift_in_beats": False}
 
 
 def test_diversity_shortfall_is_one_for_a_collapsed_generator_and_zero_for_real_variety():
@@ -327,6 +331,8 @@ def test_chroma_paths_and_the_diversity_term_train_on_a_key_normalized_dataset(c
     run = train(TrainConfig(steps=4, diversity=1.0, **TINY), data=data, run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["chroma"] and state["train_config"]["diversity"] == 1.0
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "d_loss" in x]
+    assert logged and all(0 <= x["diversity_shortfall"] <= 1 for x in logged)
     assert len(state["key_moves"]) == len(MOVES) and sum(state["key_moves"]) == len(RollDataset(data))
     generator, meta = load_generator(run / "checkpoints" / "last.pt")
     assert generator.key is not None and meta["key_moves"] == state["key_moves"]
