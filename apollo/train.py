@@ -60,7 +60,8 @@ R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
-OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False}
+OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
+                     "chroma": False}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -91,7 +92,9 @@ class TrainConfig:
     shift_in_beats: bool = True
     r1: float = 10.0  # bce and hinge: weight of the R1 penalty, |grad of D at real rolls|^2 / 2 (0: off)
     ema: float = 0.999  # decay of the moving average of G's weights that samples and is saved (0: off)
-    diversity: float = 0.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
+    # Without it, samples grew alike within a few hundred steps (docs/results.md).
+    diversity: float = 1.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
+    chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     bf16: bool | None = None  # bfloat16 autocast (None: on for CUDA and CPU, where it is about 2x faster)
@@ -161,6 +164,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig:
         n_steps=dataset.config.n_steps,
         roll_channels=ENCODINGS[dataset.config.encoding],
         discriminator_norm=norm,
+        chroma=config.chroma,
     )
 
 

@@ -9,7 +9,7 @@
 The bare step is the trainer's update with nothing around it: random binary rolls already on the
 device, one discriminator update on real + fake, one generator update, in the precision and memory
 layout the trainer uses, with the same algorithm (decoded fakes, time shifts, the lazy R1 penalty
-and the moving average of the generator, as the config asks). The trainer is
+the moving average of the generator and the diversity term, as the config asks). The trainer is
 :func:`apollo.train.train` on a real dataset, timed from its own metrics lines (so start-up is left
 out, but batch gathering and unpacking, logging and the progress bar are in). Sample sets, evaluations and checkpoints happen every few hundred steps; each
 is timed once and its cost spread over its default interval. The bare step and the trainer take
@@ -31,9 +31,9 @@ import torch
 
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset
-from apollo.train import (R1_EVERY, TrainConfig, as_judged, discriminator_loss, generate_rolls, generator_loss,
-                          evaluate, model_config_for, r1_penalty, resolve_device, settle, shift_randomly, train,
-                          update_ema, write_samples)
+from apollo.train import (R1_EVERY, TrainConfig, as_judged, discriminator_loss, diversity_shortfall, evaluate,
+                          generate_rolls, generator_loss, model_config_for, r1_penalty, resolve_device, settle,
+                          shift_randomly, train, update_ema, write_samples)
 from apollo.model import Discriminator, Generator, ModelConfig
 from apollo.roll import Grid
 
@@ -79,6 +79,8 @@ def bare_rate(config: TrainConfig, model_config: ModelConfig, encoding: str, dev
         D.requires_grad_(False)
         with autocast:
             g_loss = generator_loss(config.loss, D(seen(fake).contiguous(memory_format=layout)).float())
+            if config.diversity:
+                g_loss = g_loss + config.diversity * diversity_shortfall(fake.float(), real)
         g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
         g_opt.step()
