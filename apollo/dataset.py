@@ -99,7 +99,8 @@ class DatasetConfig:
         if not -24 <= low <= high <= 24:
             raise ValueError(f"transpose must be a range low..high within -24..24, got {self.transpose}")
         if self.normalize_key and self.transpose != (0, 0):
-            raise ValueError("normalize_key moves every chunk to one key; it cannot be combined with transpose")
+            raise ValueError("normalize_key (--normalize-key) moves every chunk to one key; it cannot be combined with a "
+                             "transpose range (--transpose)")
         if not 0 <= self.time_shift < self.n_steps:
             raise ValueError(f"time_shift must lie in 0..{self.n_steps - 1}, got {self.time_shift}")
         if self.min_notes < 0:

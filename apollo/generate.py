@@ -296,8 +296,9 @@ def generate(
     for i, midi_path in enumerate(numbered_paths(out, n)):
         probs = sample_probabilities(generator, n_steps, seed + i)
         roll = PianoRoll.decode(probs, spec.encoding, spec.grid, tempo=tempo, threshold=threshold)
-        move = transpose if transpose is not None else \
-            draw_move(spec.key_moves, np.random.default_rng(seed + i)) if spec.key_moves else 0
+        move = transpose or 0
+        if transpose is None and spec.key_moves:  # trained in one key: back to one of the corpus's
+            move = draw_move(spec.key_moves, np.random.default_rng(seed + i))
         if move:
             roll = roll.transpose(move)
         write_midi(roll, midi_path, program=instrument)

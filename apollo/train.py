@@ -299,6 +299,7 @@ def diversity_shortfall(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     variety, not for noise.
     """
     half = len(fake) // 2
+
     def spread(rolls: torch.Tensor) -> torch.Tensor:
         return (rolls[:half] - rolls[half : 2 * half]).abs().mean()
     return torch.relu(1 - spread(fake) / spread(real).clamp_min(1e-6))
@@ -642,8 +643,8 @@ def train(
                 noise = torch.randn(real.shape[0], *model_config.noise_shape, device=device, generator=noise_rng)
                 last = k == n_critic - 1
                 with autocast, torch.set_grad_enabled(last):  # the last fakes also train G below
-                    probs = G(noise.contiguous(memory_format=layout))
-                    fake = as_judged(probs, config.binarize, train_set.config.encoding)
+                    fake = G(noise.contiguous(memory_format=layout))
+                    fake = as_judged(fake, config.binarize, train_set.config.encoding)
                 with autocast:
                     seen_real, seen_fake = seen_by_d(real), seen_by_d(fake.detach())
                     lazy_r1 = config.r1 and kind != "wgan-gp" and step % R1_EVERY == 0
