@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "ChromaStream", "fold_octaves", "count_parameters",
+__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "TimeStream", "fold_octaves", "count_parameters",
            "init_without_checkerboard"]
 
 NORMS = ("batch", "spectral", "layer", "none")
@@ -48,6 +48,7 @@ class ModelConfig:
     discriminator_norm: str = "spectral"  # "spectral", "batch", "layer" or "none" (WGAN-GP: not "batch")
     minibatch_std: int = 0  # D's group size for ProGAN's minibatch standard deviation feature (0: off)
     chroma: bool = False  # pitch-class paths: G picks a key per sample, D also sees the roll folded to 12 classes
+    rhythm: bool = False  # D also sees how many pitches sound and start at each step, along time
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers
@@ -158,9 +159,12 @@ class Discriminator(nn.Module):
         if norm == "spectral":
             dense = [nn.utils.parametrizations.spectral_norm(layer) for layer in dense]
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.chroma = ChromaStream(config) if config.chroma else None
-        if self.chroma is not None:
-            flat += self.chroma.n_features
+        # Views along time of the roll summed over some of its pitches (see TimeStream).
+        self.chroma = TimeStream(PITCH_CLASSES, config) if config.chroma else None
+        self.rhythm = TimeStream(config.roll_channels, config) if config.rhythm else None
+        streams = [stream for stream in (self.chroma, self.rhythm) if stream is not None]
+        if streams:
+            flat += sum(stream.n_features for stream in streams)
             dense[0] = nn.Linear(flat, hidden)
             if norm == "spectral":
                 dense[0] = nn.utils.parametrizations.spectral_norm(dense[0])
@@ -168,25 +172,30 @@ class Discriminator(nn.Module):
         self.apply(init_weights)
 
     def forward(self, rolls: torch.Tensor) -> torch.Tensor:
-        features = self.features(rolls)
-        if self.chroma is not None:
-            features = torch.cat([features, self.chroma(rolls)], dim=1)
-        return self.head(features).squeeze(1)
+        features = [self.features(rolls)]
+        if self.chroma is not None:  # plane 0 is "sounding" in every encoding
+            features.append(self.chroma(fold_octaves(rolls[:, 0])))
+        if self.rhythm is not None:
+            features.append(self.rhythm(rolls.sum(dim=2)))
+        return self.head(torch.cat(features, dim=1)).squeeze(1)
 
 
-class ChromaStream(nn.Module):
-    """The discriminator's view of harmony, after MuseGAN's chroma stream: the sounding plane folded
-    into 12 pitch classes (row ``r`` is class ``r mod 12``, a rotation of the true classes that keeps
-    every interval), then 1-D convolutions along time, down to as many positions as the main path.
+class TimeStream(nn.Module):
+    """A discriminator path along time: 1-D convolutions over a roll summed across pitches, down to
+    as many positions as the main path, whose features join it before the dense layers.
 
-    Whether a roll keeps to a key is a question about all octaves at once; the 2-D path, which sees
-    a few semitones per kernel, learns it slowly if at all.
+    Two views use it. **Chroma**, after MuseGAN's chroma stream: the sounding plane folded into 12
+    pitch classes (:func:`fold_octaves`). Whether a roll keeps to a key is a question about all
+    octaves at once, which the 2-D path, a few semitones per kernel, learns slowly if at all.
+    **Rhythm**: every plane summed over all pitches, how many pitches sound and how many start at
+    each step. Where the onsets fall bar after bar, and how long the texture holds, are questions
+    about all voices at once too.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, n_channels: int, config: ModelConfig) -> None:
         super().__init__()
         k, pad = config.kernel, config.kernel // 2 - 1
-        widths = [PITCH_CLASSES, *reversed(config.hidden_widths), config.width]
+        widths = [n_channels, *reversed(config.hidden_widths), config.width]
         layers: list[nn.Module] = []
         for n_in, n_out in zip(widths, widths[1:]):
             conv = nn.Conv1d(n_in, n_out, k, stride=2, padding=pad)
@@ -195,8 +204,9 @@ class ChromaStream(nn.Module):
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.n_features = config.width * config.noise_shape[2]
 
-    def forward(self, rolls: torch.Tensor) -> torch.Tensor:
-        return self.net(fold_octaves(rolls[:, 0]))  # plane 0 is "sounding" in every encoding
+    def forward(self, series: torch.Tensor) -> torch.Tensor:
+        """[B, n_channels, steps] -> [B, n_features]."""
+        return self.net(series)
 
 
 def fold_octaves(cells: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,17 @@ def fold_pitches(pitch: np.ndarray, grid: Grid, out_of_range: str = "fold") -> t
     return pitch, np.ones(len(pitch), dtype=bool)
 
 
+def drop_short_runs(mask: np.ndarray, min_length: int) -> np.ndarray:
+    """``mask`` [..., steps] without its runs of set cells shorter than ``min_length``."""
+    if mask.shape[-1] < min_length:
+        return np.zeros_like(mask)
+    # A cell is kept when some window of min_length set cells covers it.
+    full = np.lib.stride_tricks.sliding_window_view(mask, min_length, axis=-1).all(axis=-1)
+    pad = [(0, 0)] * (mask.ndim - 1) + [(min_length - 1, min_length - 1)]
+    covered = np.lib.stride_tricks.sliding_window_view(np.pad(full, pad), min_length, axis=-1).any(axis=-1)
+    return mask & covered
+
+
 @dataclass
 class PianoRoll:
     """Cells of shape ``[n_pitches, n_steps]`` (uint8: SILENT, HELD or ONSET) on a grid, at a tempo."""
@@ -231,11 +242,15 @@ class PianoRoll:
         grid: Grid = Grid(),
         tempo: float = 120.0,
         threshold: float = 0.5,
+        min_length: int = 1,
     ) -> PianoRoll:
         """A roll from planes as :meth:`encode` makes them, or from a model's probabilities.
 
         Values above ``threshold`` count as set. With the onset encoding, an onset only counts
-        where the sounding plane is set too.
+        where the sounding plane is set too. A pitch that sounds for fewer than ``min_length``
+        consecutive steps stays silent: with 2, the single cells a generator leaves just above the
+        threshold (docs/results.md) are dropped, while repeated notes within a longer sounding run
+        are kept. The default, 1, keeps everything, so ``decode(roll.encode())`` is ``roll``.
         """
         planes = np.asarray(planes)
         if planes.ndim == 2:
@@ -244,7 +259,11 @@ class PianoRoll:
             raise ValueError(f"unknown encoding {encoding!r}; choose from {', '.join(ENCODINGS)}")
         if planes.shape[0] != ENCODINGS[encoding]:
             raise ValueError(f"encoding {encoding!r} has {ENCODINGS[encoding]} plane(s), got {planes.shape[0]}")
+        if min_length < 1:
+            raise ValueError(f"min_length must be at least 1, got {min_length}")
         sounding = planes[0] > threshold
+        if min_length > 1:
+            sounding = drop_short_runs(sounding, min_length)
         cells = sounding.astype(np.uint8)
         if encoding == "onset":
             cells[sounding & (planes[1] > threshold)] = ONSET

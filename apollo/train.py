@@ -47,6 +47,7 @@ from apollo import distributed
 from apollo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset, unpack_bits
 from apollo.errors import ApolloError
+from apollo.generate import MIN_LENGTH
 from apollo.image import roll_image, save_png
 from apollo.io import append_jsonl, write_json
 from apollo.key import move_histogram
@@ -61,7 +62,7 @@ DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps 
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
-                     "chroma": False}
+                     "chroma": False, "confidence": 0.0, "rhythm": False}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -95,6 +96,8 @@ class TrainConfig:
     # Without it, samples grew alike within a few hundred steps (docs/results.md).
     diversity: float = 1.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
+    rhythm: bool = False  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
+    confidence: float = 0.0  # weight of G's penalty for probabilities near 0.5 (0: off; docs/results.md)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     bf16: bool | None = None  # bfloat16 autocast (None: on for CUDA and CPU, where it is about 2x faster)
@@ -165,6 +168,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig:
         roll_channels=ENCODINGS[dataset.config.encoding],
         discriminator_norm=norm,
         chroma=config.chroma,
+        rhythm=config.rhythm,
     )
 
 
@@ -305,6 +309,15 @@ def diversity_shortfall(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.relu(1 - spread(fake) / spread(real).clamp_min(1e-6))
 
 
+def uncertainty(probs: torch.Tensor) -> torch.Tensor:
+    """How far the generator's probabilities are from 0 or 1, averaged: 1 - |2p - 1|.
+
+    Thresholded, a cell at 0.52 sounds as surely as one at 0.99, so the discriminator's gradient
+    (passed straight through the threshold) never asks for sure cells; this term does.
+    """
+    return (1 - (2 * probs - 1).abs()).mean()
+
+
 def r1_penalty(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): the squared gradient of D at real rolls, averaged; it keeps D
     from sharpening its boundary around the training set, which is what lets it run away from G."""
@@ -330,7 +343,7 @@ def grad_norm(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_rolls(generator: Generator, noise: torch.Tensor, dataset_config, batch: int = 64) -> list[PianoRoll]:
-    """Rolls from the generator in eval mode (as ``apollo generate`` runs it), in float32."""
+    """Rolls from the generator in eval mode, in float32, decoded as ``apollo generate`` decodes them."""
     was_training = generator.training
     generator.eval()
     try:
@@ -338,7 +351,8 @@ def generate_rolls(generator: Generator, noise: torch.Tensor, dataset_config, ba
     finally:
         generator.train(was_training)
     return [
-        PianoRoll.decode(p.numpy(), dataset_config.encoding, dataset_config.grid, tempo=SAMPLE_TEMPO)
+        PianoRoll.decode(p.numpy(), dataset_config.encoding, dataset_config.grid, tempo=SAMPLE_TEMPO,
+                         min_length=MIN_LENGTH)
         for p in probs
     ]
 
@@ -643,8 +657,8 @@ def train(
                 noise = torch.randn(real.shape[0], *model_config.noise_shape, device=device, generator=noise_rng)
                 last = k == n_critic - 1
                 with autocast, torch.set_grad_enabled(last):  # the last fakes also train G below
-                    fake = G(noise.contiguous(memory_format=layout))
-                    fake = as_judged(fake, config.binarize, train_set.config.encoding)
+                    probs = G(noise.contiguous(memory_format=layout))
+                    fake = as_judged(probs, config.binarize, train_set.config.encoding)
                 with autocast:
                     seen_real, seen_fake = seen_by_d(real), seen_by_d(fake.detach())
                     lazy_r1 = config.r1 and kind != "wgan-gp" and step % R1_EVERY == 0
@@ -680,6 +694,8 @@ def train(
                 shortfall = diversity_shortfall(fake.float(), real.float()) if config.diversity else torch.zeros((), device=device)
                 if config.diversity:
                     g_loss = g_loss + config.diversity * shortfall
+                if config.confidence:
+                    g_loss = g_loss + config.confidence * uncertainty(probs.float())
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:

@@ -28,6 +28,8 @@ from apollo.instruments import instrument_name
 @click.option("--tempo", type=click.FloatRange(10, 400), help="Beats per minute. Default: the model's (else 100).")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
               help="A cell sounds where its probability is above this; lower gives more notes.")
+@click.option("--min-length", type=click.IntRange(min=1), default=2, show_default=True, metavar="STEPS",
+              help="A pitch must sound this many steps in a row; shorter flickers stay silent (1 keeps all).")
 @click.option("--transpose", type=click.IntRange(-24, 24), metavar="SEMITONES",
               help="Move every piece by this many semitones. Default: a model trained in one key "
               "(--normalize-key) writes each piece in a key drawn from its corpus's keys.")
@@ -35,7 +37,8 @@ from apollo.instruments import instrument_name
 @click.option("--png", is_flag=True, help="Also save each piece's piano roll as a PNG beside it.")
 @soundfont_option
 def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int, n: int, seed: int | None,
-             bars: int | None, tempo: float | None, threshold: float, transpose: int | None, wav: bool, png: bool,
+             bars: int | None, tempo: float | None, threshold: float, min_length: int,
+             transpose: int | None, wav: bool, png: bool,
              soundfont: Path | None) -> None:
     """Generate new music as the MIDI file OUT (and a WAV and PNG beside it).
 
@@ -48,7 +51,8 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
     if checkpoint is not None and run is not None:
         raise click.UsageError("give --checkpoint or --run, not both")
     result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, n=n, seed=seed, bars=bars,
-                             tempo=tempo, threshold=threshold, transpose=transpose, wav=wav, png=png, soundfont=soundfont)
+                             tempo=tempo, threshold=threshold, min_length=min_length,
+                             transpose=transpose, wav=wav, png=png, soundfont=soundfont)
     click.echo(f"Model: {result.model}")
     seeds = f"{result.seed}" if n == 1 else f"{result.seed}..{result.seed + n - 1} (one per piece)"
     click.echo(f"Seed: {seeds}; --seed {result.seed} makes the same files again")

@@ -135,6 +135,17 @@ def test_a_model_trained_in_one_key_writes_in_the_corpus_keys(models, tmp_path):
     assert np.array_equal(PianoRoll.from_midi(tmp_path / "plain" / "a-01.mid").transpose(-1).cells, down.cells)
 
 
+def test_one_step_flickers_are_dropped_unless_asked_for(models, tmp_path):
+    from apollo.roll import PianoRoll, drop_short_runs
+
+    run("--checkpoint", models["pt"], "--seed", 5, tmp_path / "default.mid")
+    run("--checkpoint", models["pt"], "--seed", 5, "--min-length", 1, tmp_path / "all.mid")
+    default, everything = (PianoRoll.from_midi(tmp_path / f"{name}.mid").pad(256) for name in ("default", "all"))
+    sounding = everything.cells > 0
+    assert not np.array_equal(drop_short_runs(sounding, 2), sounding)  # the untrained model flickers
+    assert np.array_equal(default.cells > 0, drop_short_runs(sounding, 2))  # and the default drops just that
+
+
 def test_random_seed_is_printed_and_reproduces(models, tmp_path):
     output = run("--checkpoint", models["pt"], tmp_path / "a.mid")
     seed = int(output.split("Seed: ")[1].split(";")[0])
@@ -282,6 +293,7 @@ def test_export_model_for_bundling(models, tmp_path):
         (["--instrument", "violn"], "did you mean: Violin"),
         (["--threshold", "1.5"], "--threshold"),
         (["--n", "0"], "--n"),
+        (["--min-length", "0"], "--min-length"),
         (["--checkpoint", "x.pt", "--run", "runs/x"], "not both"),
     ],
 )

@@ -126,3 +126,20 @@ def test_chroma_paths_give_a_key_bias_and_a_pitch_class_view():
     plain = ModelConfig(width=8)
     assert Generator(plain).key is None and Discriminator(plain).chroma is None
     assert ModelConfig(**config.to_dict()) == config
+
+
+def test_rhythm_path_sees_when_pitches_sound_and_start_whatever_the_pitches():
+    config = ModelConfig(width=8, rhythm=True)
+    d = Discriminator(config).eval()
+    assert d.rhythm is not None and d.chroma is None
+    rolls = (torch.rand(2, 2, 64, 256, generator=torch.Generator().manual_seed(0)) > 0.95).float()
+    shuffled = rolls[:, :, torch.randperm(64)]  # the same rhythm, other pitches
+    with torch.no_grad():
+        assert torch.equal(d.rhythm(rolls.sum(dim=2)), d.rhythm(shuffled.sum(dim=2)))
+        assert d(rolls).shape == (2,)
+        assert not torch.allclose(d(rolls), d(shuffled))  # the main path still sees the pitches
+    # Besides its own, the rhythm path changes only the first dense layer's input size.
+    plain = {k: v.shape for k, v in Discriminator(ModelConfig(width=8)).state_dict().items()}
+    with_rhythm = {k: v.shape for k, v in d.state_dict().items() if not k.startswith("rhythm.")}
+    changed = {k for k in plain if plain[k] != with_rhythm[k]}
+    assert plain.keys() == with_rhythm.keys() and changed and all(k.startswith("head.0.") for k in changed)

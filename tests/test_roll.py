@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apollo.roll import HELD, ONSET, SILENT, Grid, PianoRoll, fold_pitches
+from apollo.roll import HELD, ONSET, SILENT, Grid, PianoRoll, drop_short_runs, fold_pitches
 
 
 def test_from_notes_marks_onsets_and_held_cells(c_major_roll):
@@ -27,6 +27,35 @@ def test_encodings_keep_or_merge_repeated_notes(c_major_roll, encoding, notes):
     planes = c_major_roll.encode(encoding)
     assert planes.dtype == bool and planes.shape[1:] == (64, 32)
     assert PianoRoll.decode(planes, encoding).n_notes == notes
+
+
+def test_decode_min_length_drops_short_sounding_runs_only():
+    sounding, onset = np.zeros((2, 64, 16))
+    sounding[0, 3] = 0.55  # a lone cell just above the threshold
+    sounding[1, 5:7] = 0.9  # an eighth note
+    sounding[2, 0:8] = 0.9  # a sixteenth then a dotted quarter: repeated within one sounding run
+    onset[2, [0, 1]] = 0.9
+    planes = np.stack([sounding, onset])
+    notes = lambda roll: list(zip(*roll.notes()))  # noqa: E731
+    assert notes(PianoRoll.decode(planes)) == [(32, 0, 1), (32, 1, 8), (30, 3, 4), (31, 5, 7)]
+    assert notes(PianoRoll.decode(planes, min_length=2)) == [(32, 0, 1), (32, 1, 8), (31, 5, 7)]
+    assert notes(PianoRoll.decode(planes, min_length=3)) == [(32, 0, 1), (32, 1, 8)]
+    with pytest.raises(ValueError, match="min_length"):
+        PianoRoll.decode(planes, min_length=0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.integers(1, 6))
+def test_drop_short_runs_keeps_exactly_the_long_runs(cells, min_length):
+    mask = np.array(cells)
+    expected = mask.copy()
+    start = 0
+    for step in range(len(cells) + 1):  # walk the runs one by one
+        if step == len(cells) or not cells[step]:
+            if step - start < min_length:
+                expected[start:step] = False
+            start = step + 1
+    assert np.array_equal(drop_short_runs(mask[None], min_length)[0], expected)
 
 
 def test_fold_keeps_pitch_class_and_drop_removes():

@@ -18,7 +18,7 @@ from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.cli.main import cli
 from apollo.dataset import DatasetConfig, RollDataset
 from apollo.errors import ApolloError
-from apollo.model import PRESETS, ModelConfig
+from apollo.model import PRESETS, Discriminator, ModelConfig
 from apollo.preprocess import preprocess
 from apollo.train import TrainConfig, latest_checkpoint, train
 
@@ -303,7 +303,7 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
                 progress=False)
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
-    for key in ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma"):  # what an older Apollo wrote
+    for key in ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm"):  # what an older Apollo wrote
         del state["train_config"][key]
     save_checkpoint(path, state)
     train(TrainConfig(steps=3), resume=run, progress=False)
@@ -322,6 +322,21 @@ def test_diversity_shortfall_is_one_for_a_collapsed_generator_and_zero_for_real_
     assert train_module.diversity_shortfall(real.flip(0), real).item() == pytest.approx(0.0)  # as varied as real
     half_as_varied = torch.where(torch.arange(8).reshape(8, 1, 1, 1) % 2 == 0, real, real[:1])
     assert 0.1 < train_module.diversity_shortfall(half_as_varied, real).item() < 0.9
+
+
+def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
+    assert train_module.uncertainty(torch.tensor([0.0, 1.0, 1.0, 0.0])).item() == 0.0
+    assert train_module.uncertainty(torch.full((4,), 0.5)).item() == 1.0
+    assert train_module.uncertainty(torch.tensor([0.25, 0.9])).item() == pytest.approx((0.5 + 0.2) / 2)
+
+
+def test_confidence_term_and_rhythm_path_train_and_are_kept(data, tmp_path):
+    run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, **TINY), data=data, run=tmp_path / "run", progress=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["model_config"]["rhythm"] and state["train_config"]["confidence"] == 1.0
+    discriminator = Discriminator(ModelConfig(**state["model_config"]))
+    discriminator.load_state_dict(state["discriminator"])
+    assert discriminator.rhythm is not None
 
 
 def test_chroma_paths_and_the_diversity_term_train_on_a_key_normalized_dataset(chorale_dir, tmp_path, monkeypatch):
