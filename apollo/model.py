@@ -30,6 +30,7 @@ __all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd
 
 NORMS = ("batch", "spectral", "layer", "none")
 PITCH_CLASSES = 12
+REFINE_KERNEL = (3, 5)  # pitches x steps of the generator's last layer with ModelConfig.refine
 OUTPUT_BIAS = -3.0  # initial logit of every cell: sigmoid(-3) = 0.047
 
 
@@ -49,6 +50,7 @@ class ModelConfig:
     minibatch_std: int = 0  # D's group size for ProGAN's minibatch standard deviation feature (0: off)
     chroma: bool = False  # pitch-class paths: G picks a key per sample, D also sees the roll folded to 12 classes
     rhythm: bool = False  # D also sees how many pitches sound and start at each step, along time
+    refine: bool = False  # G ends in a stride-1 convolution over neighbouring pitches and steps
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers
@@ -103,7 +105,16 @@ class Generator(nn.Module):
             layers.append(nn.ConvTranspose2d(n_in, n_out, k, stride=2, padding=pad, bias=False))
             layers.append(norm_layer(config.generator_norm, n_out))
             layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.ConvTranspose2d(widths[-1], config.roll_channels, k, stride=2, padding=pad))
+        if config.refine:
+            # Each cell of a stride-2 layer's output comes from one of four kernel phases, so
+            # neighbouring steps are drawn apart; a last stride-1 layer sees +-2 steps together
+            # and can settle where a note ends (docs/model.md).
+            layers.append(nn.ConvTranspose2d(widths[-1], widths[-1] // 2, k, stride=2, padding=pad, bias=False))
+            layers.append(norm_layer(config.generator_norm, widths[-1] // 2))
+            layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Conv2d(widths[-1] // 2, config.roll_channels, REFINE_KERNEL, padding=(1, 2)))
+        else:
+            layers.append(nn.ConvTranspose2d(widths[-1], config.roll_channels, k, stride=2, padding=pad))
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
         for layer in self.net:

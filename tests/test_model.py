@@ -143,3 +143,15 @@ def test_rhythm_path_sees_when_pitches_sound_and_start_whatever_the_pitches():
     with_rhythm = {k: v.shape for k, v in d.state_dict().items() if not k.startswith("rhythm.")}
     changed = {k for k in plain if plain[k] != with_rhythm[k]}
     assert plain.keys() == with_rhythm.keys() and changed and all(k.startswith("head.0.") for k in changed)
+
+
+def test_refine_ends_the_generator_in_a_stride_1_layer_that_sees_neighbouring_steps():
+    g = Generator(ModelConfig(width=8, refine=True))
+    assert isinstance(g.net[-1], nn.Conv2d) and g.net[-1].stride == (1, 1)
+    hidden = torch.zeros(1, 4, 64, 256, requires_grad=True)  # what the last layer reads
+    g.net[-1](hidden)[0, 0, 30, 100].backward()
+    steps = hidden.grad[0].abs().sum(dim=(0, 1)).nonzero().flatten().tolist()
+    pitches = hidden.grad[0].abs().sum(dim=(0, 2)).nonzero().flatten().tolist()
+    assert steps == [98, 99, 100, 101, 102] and pitches == [29, 30, 31]
+    assert g(g.sample_noise(2)).shape == (2, 2, 64, 256)
+
