@@ -97,7 +97,7 @@ class TrainConfig:
     # Without it, samples grew alike within a few hundred steps (docs/results.md).
     diversity: float = 1.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
-    rhythm: bool = False  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
+    rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
     confidence: float = 0.0  # weight of G's penalty for probabilities near 0.5 (0: off; docs/results.md)
     seed: int = 0

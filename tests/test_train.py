@@ -298,7 +298,8 @@ def test_the_discriminator_sees_generated_planes_as_they_decode(data):
 
 
 def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, tmp_path):
-    run = train(TrainConfig(steps=2, r1=0.0, ema=0.0, augment_shift=0, diversity=0.0, chroma=False, **TINY), data=data,
+    run = train(TrainConfig(steps=2, r1=0.0, ema=0.0, augment_shift=0, diversity=0.0, chroma=False, rhythm=False, **TINY),
+                data=data,
                 run=tmp_path / "old",
                 progress=False)
     path = run / "checkpoints" / "last.pt"
@@ -311,7 +312,7 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
     assert resumed["step"] == 3 and "generator_ema" not in resumed
     assert {key: resumed["train_config"][key] for key in ("r1", "ema", "augment_shift", "shift_in_beats", "diversity")} == \
         {"r1": 0.0, "ema": 0.0, "augment_shift": 0, "shift_in_beats": False, "diversity": 0.0}
-    assert not resumed["model_config"]["chroma"]
+    assert not resumed["model_config"]["chroma"] and not resumed["model_config"]["rhythm"]
 
 
 def test_diversity_shortfall_is_one_for_a_collapsed_generator_and_zero_for_real_variety():
@@ -349,7 +350,7 @@ def test_chroma_paths_and_the_diversity_term_train_on_a_key_normalized_dataset(c
     preprocess(chorale_dir, data, DatasetConfig(normalize_key=True), workers=1)
     run = train(TrainConfig(steps=4, **TINY), data=data, run=tmp_path / "run", progress=False)  # both on by default
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["model_config"]["chroma"] and state["train_config"]["diversity"] == 1.0
+    assert state["model_config"]["chroma"] and state["model_config"]["rhythm"] and state["train_config"]["diversity"] == 1.0
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "d_loss" in x]
     assert logged and all(0 <= x["diversity_shortfall"] <= 1 for x in logged)
     assert len(state["key_moves"]) == len(MOVES) and sum(state["key_moves"]) == len(RollDataset(data))
