@@ -39,7 +39,7 @@ from apollo.key import draw_move
 from apollo.roll import ENCODINGS, Grid, PianoRoll
 
 # A generator leaves single cells just above the threshold, each a one-step note that chorales
-# almost never have (2 % of their notes, 16 % of the bundled model's); decoding drops them
+# almost never have (2 % of their notes, 16 % of a model's we trained on them); decoding drops them
 # (docs/results.md). Training evaluates with the same decoding, so "best" is what generate writes.
 MIN_LENGTH = 2
 

@@ -112,7 +112,8 @@ class Generator(nn.Module):
             layers.append(nn.ConvTranspose2d(widths[-1], widths[-1] // 2, k, stride=2, padding=pad, bias=False))
             layers.append(norm_layer(config.generator_norm, widths[-1] // 2))
             layers.append(nn.ReLU(inplace=True))
-            layers.append(nn.Conv2d(widths[-1] // 2, config.roll_channels, REFINE_KERNEL, padding=(1, 2)))
+            layers.append(nn.Conv2d(widths[-1] // 2, config.roll_channels, REFINE_KERNEL,
+                                    padding=tuple(size // 2 for size in REFINE_KERNEL)))
         else:
             layers.append(nn.ConvTranspose2d(widths[-1], config.roll_channels, k, stride=2, padding=pad))
         self.net = nn.Sequential(*layers)

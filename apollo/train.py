@@ -62,8 +62,7 @@ DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps 
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
-                     "chroma": False, "confidence": 0.0, "rhythm": False,
-                     "refine": False}
+                     "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from apollo.cli.render import INSTRUMENT, describe, soundfont_option
 
+from apollo.generate import MIN_LENGTH
 from apollo.instruments import instrument_name
 
 
@@ -28,7 +29,7 @@ from apollo.instruments import instrument_name
 @click.option("--tempo", type=click.FloatRange(10, 400), help="Beats per minute. Default: the model's (else 100).")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
               help="A cell sounds where its probability is above this; lower gives more notes.")
-@click.option("--min-length", type=click.IntRange(min=1), default=2, show_default=True, metavar="STEPS",
+@click.option("--min-length", type=click.IntRange(min=1), default=MIN_LENGTH, show_default=True, metavar="STEPS",
               help="A pitch must sound this many steps in a row; shorter flickers stay silent (1 keeps all).")
 @click.option("--transpose", type=click.IntRange(-24, 24), metavar="SEMITONES",
               help="Move every piece by this many semitones. Default: a model trained in one key "

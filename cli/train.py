@@ -78,6 +78,7 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
         d_lr=d_lr if d_lr is not None else lr * TrainConfig.d_lr / TrainConfig.lr,
         label_smoothing=label_smoothing, instance_noise=instance_noise, augment_transpose=augment_transpose,
         augment_shift=augment_shift, shift_in_beats=shift_in_beats, r1=r1, ema=ema, diversity=diversity, chroma=chroma,
-        rhythm=rhythm, refine=refine, confidence=confidence, binarize=binarize, device=device, seed=seed, sample_every=sample_every, eval_every=eval_every,
+        rhythm=rhythm, refine=refine, confidence=confidence, binarize=binarize, device=device, seed=seed,
+        sample_every=sample_every, eval_every=eval_every,
     )
     run_training(config, data=data, run=run, progress=progress)
