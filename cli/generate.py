@@ -62,7 +62,7 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
                    f"{piece.n_notes} notes, {instrument_name(piece.program)}"
                    + (f", moved {piece.transpose:+d} semitones" if piece.transpose else ""))
         if piece.n_notes == 0:
-            click.echo(f"warning: {piece.midi} has no notes (try a lower --threshold)", err=True)
+            click.echo(f"warning: {piece.midi} has no notes (try a lower --threshold or --min-length)", err=True)
         if piece.png:
             click.echo(f"Wrote {piece.png}")
         if piece.render_info:
