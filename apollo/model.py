@@ -51,6 +51,7 @@ class ModelConfig:
     chroma: bool = False  # pitch-class paths: G picks a key per sample, D also sees the roll folded to 12 classes
     rhythm: bool = False  # D also sees how many pitches sound and start at each step, along time
     refine: bool = False  # G ends in a stride-1 convolution over neighbouring pitches and steps
+    style: int = 0  # G reads this many numbers from the whole noise and gives them to every position (0: off)
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers
@@ -63,6 +64,8 @@ class ModelConfig:
             raise ValueError("n_layers must be at least 2")
         if self.minibatch_std < 0:
             raise ValueError("minibatch_std must be a group size (0: off)")
+        if self.style < 0:
+            raise ValueError("style must be a number of channels (0: off)")
         if self.kernel % 2:
             raise ValueError("kernel must be even so that a stride-2 layer exactly halves or doubles")
         for name, value, allowed in (
@@ -99,7 +102,7 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         k, pad = config.kernel, config.kernel // 2 - 1
-        widths = [config.noise_channels, *config.hidden_widths]
+        widths = [config.noise_channels + config.style, *config.hidden_widths]
         layers: list[nn.Module] = []
         for n_in, n_out in zip(widths, widths[1:]):
             layers.append(nn.ConvTranspose2d(n_in, n_out, k, stride=2, padding=pad, bias=False))
@@ -130,12 +133,23 @@ class Generator(nn.Module):
         self.key = nn.Linear(math.prod(config.noise_shape), PITCH_CLASSES) if config.chroma else None
         if self.key is not None:
             init_weights(self.key)
+        # Each noise position shapes about two bars, so a piece drawn from local noise alone is an
+        # average of independent draws: every piece gets the same mix of note lengths, where a real
+        # chorale keeps its own throughout (docs/model.md). Style numbers, read from the whole noise
+        # like the key and given to every position, let a piece choose its character once.
+        self.style = nn.Linear(math.prod(config.noise_shape), config.style, bias=False) if config.style else None
+        if self.style is not None:
+            nn.init.normal_(self.style.weight, 0.0, math.prod(config.noise_shape) ** -0.5)  # unit variance, like the noise
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(noise))
 
     def logits(self, noise: torch.Tensor) -> torch.Tensor:
-        logits = self.net(noise)
+        inputs = noise
+        if self.style is not None:
+            style = self.style(noise.flatten(1))[:, :, None, None].expand(-1, -1, *noise.shape[2:])
+            inputs = torch.cat([noise, style], dim=1)
+        logits = self.net(inputs)
         if self.key is None:
             return logits
         rows = torch.arange(self.config.n_pitches, device=noise.device) % PITCH_CLASSES

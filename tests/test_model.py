@@ -145,6 +145,26 @@ def test_rhythm_path_sees_when_pitches_sound_and_start_whatever_the_pitches():
     assert plain.keys() == with_rhythm.keys() and changed and all(k.startswith("head.0.") for k in changed)
 
 
+def test_style_numbers_carry_one_noise_position_to_the_whole_piece():
+    # Without style (and without the key and layer norm, the other paths across the piece) a noise
+    # position shapes only its neighbourhood: the far end ignores it. With style it reaches every step.
+    def far_end_changes(config: ModelConfig) -> bool:
+        g = Generator(config).eval()
+        noise = g.sample_noise(1, torch.Generator().manual_seed(0))
+        moved = noise.clone()
+        moved[0, :, 0, 0] += 3.0  # the first position: the lowest pitches of the first bars
+        with torch.no_grad():
+            return not torch.allclose(g(noise)[..., -32:], g(moved)[..., -32:])
+
+    assert not far_end_changes(ModelConfig(width=8, generator_norm="none"))
+    assert far_end_changes(ModelConfig(width=8, generator_norm="none", style=4))
+    g = Generator(ModelConfig(width=8, style=4))
+    assert g.net[0].in_channels == 7 + 4 and g(g.sample_noise(2)).shape == (2, 2, 64, 256)
+    assert Generator(ModelConfig(width=8)).style is None  # off: older checkpoints load as saved
+    with pytest.raises(ValueError, match="style"):
+        ModelConfig(style=-1)
+
+
 def test_refine_ends_the_generator_in_a_stride_1_layer_that_sees_neighbouring_steps():
     g = Generator(ModelConfig(width=8, refine=True))
     assert isinstance(g.net[-1], nn.Conv2d) and g.net[-1].stride == (1, 1)
