@@ -62,7 +62,8 @@ DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps 
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
-                     "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0}
+                     "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
+                     "pitch_bias": False}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -99,6 +100,7 @@ class TrainConfig:
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
+    pitch_bias: bool = False  # the generator's learned bias per pitch row (ModelConfig.pitch_bias)
     confidence: float = 0.0  # weight of G's penalty for probabilities near 0.5 (0: off; docs/results.md)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
@@ -173,6 +175,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig:
         rhythm=config.rhythm,
         refine=config.refine,
         style=config.style,
+        pitch_bias=config.pitch_bias,
     )
 
 

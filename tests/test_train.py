@@ -304,8 +304,11 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
                 progress=False)
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
-    for key in ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine", "style"):  # what an older Apollo wrote
+    older = ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine",
+             "style", "pitch_bias")
+    for key in older:  # what an older Apollo wrote
         del state["train_config"][key]
+        state["model_config"].pop(key, None)
     save_checkpoint(path, state)
     train(TrainConfig(steps=3), resume=run, progress=False)
     resumed = load_checkpoint(path)
@@ -331,12 +334,12 @@ def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
     assert train_module.uncertainty(torch.tensor([0.25, 0.9])).item() == pytest.approx((0.5 + 0.2) / 2)
 
 
-def test_confidence_term_rhythm_path_refine_layer_and_style_train_and_are_kept(data, tmp_path):
-    run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, **TINY), data=data,
+def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
+    run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
-    assert state["model_config"]["style"] == 3
+    assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
     discriminator = Discriminator(ModelConfig(**state["model_config"]))
