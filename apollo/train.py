@@ -12,7 +12,7 @@ Run layout (``apollo generate`` and the docs rely on it)::
     runs/<name>/metrics.jsonl               append-only JSON lines: losses, D(real), D(fake), quality
     runs/<name>/tensorboard/                the same, plus sample images, for TensorBoard
     runs/<name>/checkpoints/last.pt         written atomically every few minutes and at the end
-    runs/<name>/checkpoints/best.pt         the checkpoint with the best mean OA so far
+    runs/<name>/checkpoints/best.pt         the checkpoint with the best mean OA so far (no collapse)
     runs/<name>/samples/step-000500/        sample-00.mid ... and rolls.png, from fixed noise
 
 A new run never reuses an existing directory; ``resume`` appends to the run it continues.
@@ -63,7 +63,7 @@ SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
                      "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
-                     "pitch_bias": False}
+                     "pitch_bias": False, "best_max_duplicates": 1.0}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -113,6 +113,9 @@ class TrainConfig:
     n_samples: int = 8  # pieces written per sample set
     n_eval: int = 64  # pieces generated per evaluation
     n_reference: int = 256  # validation chunks they are compared with
+    # A generator partly collapsed onto a few pieces can still score a high mean OA; such a
+    # checkpoint is never "best" (docs/training.md).
+    best_max_duplicates: float = 0.05  # most share of evaluated pieces with a near-duplicate among them
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -376,7 +379,8 @@ def write_samples(rolls: list[PianoRoll], folder: Path) -> np.ndarray:
 def evaluate(generated: list[PianoRoll], reference: list[PianoRoll]) -> dict[str, float | None]:
     """Quality of generated rolls against validation rolls (:func:`apollo.evaluate.compare`).
 
-    "mean_oa" (higher is better) chooses best.pt. Values that are undefined for these samples
+    "mean_oa" (higher is better) chooses best.pt, among evaluations with few near-duplicates
+    (``TrainConfig.best_max_duplicates``). Values that are undefined for these samples
     (nan: e.g. polyphony of silent rolls) become None, so that metrics.jsonl stays valid JSON.
     """
     from apollo.evaluate import compare
@@ -615,7 +619,9 @@ def train(
         for key, value in quality.items():
             if value is not None:
                 writer.add_scalar(f"eval/{key}", value, step)
-        if quality["mean_oa"] is not None and (best is None or quality["mean_oa"] > best):
+        duplicates = quality.get("near_duplicate_rate") or 0.0
+        if quality["mean_oa"] is not None and duplicates <= config.best_max_duplicates and \
+                (best is None or quality["mean_oa"] > best):
             best = quality["mean_oa"]
             checkpoint("best")
 

@@ -45,6 +45,7 @@ RESUMABLE = ("steps", "minutes", "device", "resume", "progress")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for weights, noise and batch order.")
 @click.option("--sample-every", default=TrainConfig.sample_every, show_default=True, type=click.IntRange(min=0), help="Steps between sample MIDI files and PNGs (0: never).")
 @click.option("--eval-every", default=TrainConfig.eval_every, show_default=True, type=click.IntRange(min=0), help="Steps between quality evaluations that pick best.pt (0: never).")
+@click.option("--best-max-duplicates", default=TrainConfig.best_max_duplicates, show_default=True, type=click.FloatRange(0, 1), help="Never keep as best.pt an evaluation where more than this share of pieces has a near-duplicate.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.pass_context
 def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path | None, preset: str, loss: str,
@@ -53,7 +54,7 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
           augment_shift: int, shift_in_beats: bool, r1: float, ema: float, diversity: float, chroma: bool,
           rhythm: bool, refine: bool, style: int, pitch_bias: bool, confidence: float, binarize: bool,
           device: str,
-          seed: int, sample_every: int, eval_every: int, progress: bool) -> None:
+          seed: int, sample_every: int, eval_every: int, best_max_duplicates: float, progress: bool) -> None:
     """Train the DCGAN on a preprocessed dataset.
 
     A run folder gets the config, metrics (metrics.jsonl and TensorBoard), checkpoints (last.pt,
@@ -81,6 +82,6 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
         label_smoothing=label_smoothing, instance_noise=instance_noise, augment_transpose=augment_transpose,
         augment_shift=augment_shift, shift_in_beats=shift_in_beats, r1=r1, ema=ema, diversity=diversity, chroma=chroma,
         rhythm=rhythm, refine=refine, style=style, pitch_bias=pitch_bias, confidence=confidence, binarize=binarize, device=device, seed=seed,
-        sample_every=sample_every, eval_every=eval_every,
+        sample_every=sample_every, eval_every=eval_every, best_max_duplicates=best_max_duplicates,
     )
     run_training(config, data=data, run=run, progress=progress)

@@ -62,7 +62,8 @@ def assert_identical(a, b, where: str = "") -> None:
 
 
 def test_a_run_writes_config_metrics_checkpoints_and_samples(data, tmp_path):
-    run = train(TrainConfig(steps=8, **TINY), data=data, run=tmp_path / "run", progress=False)
+    # Eight steps of a tiny model write near-identical rolls: let best.pt take them all the same.
+    run = train(TrainConfig(steps=8, best_max_duplicates=1.0, **TINY), data=data, run=tmp_path / "run", progress=False)
     assert run == tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     assert config["train_config"]["steps"] == 8 and config["data"] == str(data)
@@ -85,6 +86,26 @@ def test_a_run_writes_config_metrics_checkpoints_and_samples(data, tmp_path):
         folder = run / "samples" / f"step-{step:06d}"
         assert sorted(p.name for p in folder.iterdir()) == ["rolls.png", "sample-00.mid", "sample-01.mid"]
     assert any((run / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("limit", [0.0, 1.0])
+def test_best_is_the_highest_mean_oa_among_evaluations_without_collapse(data, tmp_path, limit):
+    run = train(TrainConfig(steps=8, best_max_duplicates=limit, **{**TINY, "eval_every": 2}), data=data,
+                run=tmp_path / "run", progress=False)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [line for line in lines if "eval/mean_oa" in line]
+    allowed = [line for line in evaluated if (line["eval/near_duplicate_rate"] or 0.0) <= limit and
+               line["eval/mean_oa"] is not None]
+    assert any((line["eval/near_duplicate_rate"] or 0.0) > 0 for line in evaluated)  # the rule has work to do
+    if limit == 1.0:
+        assert allowed == [line for line in evaluated if line["eval/mean_oa"] is not None]
+    best = run / "checkpoints" / "best.pt"
+    if not allowed:
+        assert not best.exists()
+    else:
+        chosen = max(allowed, key=lambda line: line["eval/mean_oa"])
+        state = load_checkpoint(best)
+        assert state["best_metric"] == chosen["eval/mean_oa"] and state["step"] == chosen["step"]
 
 
 def test_the_checkpoint_alone_rebuilds_the_generator(data, tmp_path):
@@ -305,7 +326,7 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     older = ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine",
-             "style", "pitch_bias")
+             "style", "pitch_bias", "best_max_duplicates")
     for key in older:  # what an older Apollo wrote
         del state["train_config"][key]
         state["model_config"].pop(key, None)
