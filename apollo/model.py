@@ -134,10 +134,10 @@ class Generator(nn.Module):
         self.key = nn.Linear(math.prod(config.noise_shape), PITCH_CLASSES) if config.chroma else None
         if self.key is not None:
             init_weights(self.key)
-        # Each noise position shapes about two bars, so a piece drawn from local noise alone is an
-        # average of independent draws: every piece gets the same mix of note lengths, where a real
-        # chorale keeps its own throughout (docs/model.md). Style numbers, read from the whole noise
-        # like the key and given to every position, let a piece choose its character once.
+        # Each noise position shapes about two bars and convolutions mix neighbours only, so
+        # decisions about the whole piece (where it ends, how it moves) have no way across it.
+        # Style numbers, read from the whole noise like the key and given to every position, are
+        # one (docs/model.md).
         self.style = nn.Linear(math.prod(config.noise_shape), config.style, bias=False) if config.style else None
         # Which pitches an instrument or a style uses at all is a fact about each row, which
         # convolutions (the same weights at every pitch) can only build from the zero padding at
