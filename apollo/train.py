@@ -63,7 +63,8 @@ SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
                      "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
-                     "pitch_bias": False, "best_max_duplicates": 1.0}
+                     "pitch_bias": False, "best_max_duplicates": 1.0,
+                     "closeness": 0.0}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -99,6 +100,7 @@ class TrainConfig:
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
+    closeness: float = 0.0  # weight of G's penalty for pairs of pieces nearly alike (0: off; docs/results.md)
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
     pitch_bias: bool = False  # the generator's learned bias per pitch row (ModelConfig.pitch_bias)
     confidence: float = 0.0  # weight of G's penalty for probabilities near 0.5 (0: off; docs/results.md)
@@ -312,11 +314,30 @@ def diversity_shortfall(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     any noise). Measured against real pairs rather than unbounded, so it asks for real music's
     variety, not for noise.
     """
-    half = len(fake) // 2
+    return torch.relu(1 - pair_spread(fake) / pair_spread(real).clamp_min(1e-6))
 
-    def spread(rolls: torch.Tensor) -> torch.Tensor:
-        return (rolls[:half] - rolls[half : 2 * half]).abs().mean()
-    return torch.relu(1 - spread(fake) / spread(real).clamp_min(1e-6))
+
+def closeness(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """A near-duplicate term for G to minimize: over all pairs of fakes, how far each pair falls
+    short of half the real rolls' mean distance (mean absolute difference per cell).
+
+    :func:`diversity_shortfall` averages over pairs, so a generator can meet it while writing
+    clusters of near-identical pieces; this term looks at every pair. 0 when no two fakes are
+    closer than half the real spread (real pairs almost never are), 1 when all are identical.
+    """
+    flat = fake.flatten(1)
+    # For cells in [0, 1], a + b - 2ab is |a - b| where they are 0 or 1 (binarized fakes), and the
+    # chance that they differ where they are probabilities; one matrix product, unlike cdist.
+    sizes = flat.sum(dim=1)
+    distances = (sizes[:, None] + sizes[None, :] - 2 * flat @ flat.T) / flat.shape[1]
+    rows, cols = torch.triu_indices(len(fake), len(fake), offset=1, device=fake.device)
+    return torch.relu(1 - distances[rows, cols] / (pair_spread(real) / 2).clamp_min(1e-6)).mean()
+
+
+def pair_spread(rolls: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference per cell between the first and the second half of a batch."""
+    half = len(rolls) // 2
+    return (rolls[:half] - rolls[half : 2 * half]).abs().mean()
 
 
 def uncertainty(probs: torch.Tensor) -> torch.Tensor:
@@ -709,6 +730,8 @@ def train(
                     g_loss = g_loss + config.diversity * shortfall
                 if config.confidence:
                     g_loss = g_loss + config.confidence * uncertainty(probs.float())
+                if config.closeness:
+                    g_loss = g_loss + config.closeness * closeness(fake.float(), real.float())
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:

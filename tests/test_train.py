@@ -326,7 +326,7 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     older = ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine",
-             "style", "pitch_bias", "best_max_duplicates")
+             "style", "pitch_bias", "best_max_duplicates", "closeness")
     for key in older:  # what an older Apollo wrote
         del state["train_config"][key]
         state["model_config"].pop(key, None)
@@ -349,6 +349,17 @@ def test_diversity_shortfall_is_one_for_a_collapsed_generator_and_zero_for_real_
     assert 0.1 < train_module.diversity_shortfall(half_as_varied, real).item() < 0.9
 
 
+def test_closeness_sees_a_few_duplicated_pieces_that_the_mean_spread_misses():
+    g = torch.Generator().manual_seed(0)
+    real = (torch.rand(16, 2, 64, 256, generator=g) > 0.9).float()
+    fake = (torch.rand(16, 2, 64, 256, generator=g) > 0.9).float()
+    assert train_module.closeness(fake, real).item() == 0.0  # as far apart as real rolls
+    fake[1] = fake[0]  # one pair of twins among 120 pairs
+    assert train_module.diversity_shortfall(fake, real).item() == 0.0
+    assert train_module.closeness(fake, real).item() == pytest.approx(1 / 120)
+    assert train_module.closeness(fake[:1].expand(16, -1, -1, -1), real).item() == 1.0
+
+
 def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
     assert train_module.uncertainty(torch.tensor([0.0, 1.0, 1.0, 0.0])).item() == 0.0
     assert train_module.uncertainty(torch.full((4,), 0.5)).item() == 1.0
@@ -356,7 +367,8 @@ def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
 
 
 def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
-    run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, **TINY), data=data,
+    run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0,
+                            **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
