@@ -63,8 +63,7 @@ SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
                      "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
-                     "pitch_bias": False, "best_max_duplicates": 1.0,
-                     "closeness": 0.0}
+                     "pitch_bias": False, "best_max_duplicates": 1.0, "closeness": 0.0}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -97,10 +96,10 @@ class TrainConfig:
     ema: float = 0.999  # decay of the moving average of G's weights that samples and is saved (0: off)
     # Without it, samples grew alike within a few hundred steps (docs/results.md).
     diversity: float = 1.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
+    closeness: float = 0.0  # weight of G's penalty for pairs of pieces nearly alike (0: off; docs/results.md)
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
-    closeness: float = 0.0  # weight of G's penalty for pairs of pieces nearly alike (0: off; docs/results.md)
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
     pitch_bias: bool = False  # the generator's learned bias per pitch row (ModelConfig.pitch_bias)
     confidence: float = 0.0  # weight of G's penalty for probabilities near 0.5 (0: off; docs/results.md)
