@@ -60,6 +60,7 @@ LOSSES = ("bce", "wgan-gp", "hinge")
 R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2: a third of the cost)
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
+CLOSE_OVERLAP = 0.5  # pairs of fakes overlapping more than this pay the closeness term (real pairs: about 0.14)
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
                      "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
@@ -316,21 +317,22 @@ def diversity_shortfall(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.relu(1 - pair_spread(fake) / pair_spread(real).clamp_min(1e-6))
 
 
-def closeness(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """A near-duplicate term for G to minimize: over all pairs of fakes, how far each pair falls
-    short of half the real rolls' mean distance (mean absolute difference per cell).
+def closeness(fake: torch.Tensor) -> torch.Tensor:
+    """A near-duplicate term for G to minimize: over all pairs of fakes, how far each pair's overlap
+    (Dice of the cells, as in :func:`apollo.evaluate.overlap_matrix`) exceeds :data:`CLOSE_OVERLAP`,
+    scaled to 0..1.
 
     :func:`diversity_shortfall` averages over pairs, so a generator can meet it while writing
-    clusters of near-identical pieces; this term looks at every pair. 0 when no two fakes are
-    closer than half the real spread (real pairs almost never are), 1 when all are identical.
+    clusters of near-identical pieces; this term looks at every pair. 0 when no two fakes overlap
+    by more than half (real pairs almost never do), 1 when all are identical. Measured as overlap
+    rather than as a distance, so that more notes do not make two pieces further apart (a distance
+    made one run flood its rolls with notes; docs/results.md).
     """
     flat = fake.flatten(1)
-    # For cells in [0, 1], a + b - 2ab is |a - b| where they are 0 or 1 (binarized fakes), and the
-    # chance that they differ where they are probabilities; one matrix product, unlike cdist.
     sizes = flat.sum(dim=1)
-    distances = (sizes[:, None] + sizes[None, :] - 2 * flat @ flat.T) / flat.shape[1]
+    overlap = 2 * flat @ flat.T / (sizes[:, None] + sizes[None, :]).clamp_min(1.0)
     rows, cols = torch.triu_indices(len(fake), len(fake), offset=1, device=fake.device)
-    return torch.relu(1 - distances[rows, cols] / (pair_spread(real) / 2).clamp_min(1e-6)).mean()
+    return (torch.relu(overlap[rows, cols] - CLOSE_OVERLAP) / (1 - CLOSE_OVERLAP)).mean()
 
 
 def pair_spread(rolls: torch.Tensor) -> torch.Tensor:
@@ -730,7 +732,7 @@ def train(
                 if config.confidence:
                     g_loss = g_loss + config.confidence * uncertainty(probs.float())
                 if config.closeness:
-                    g_loss = g_loss + config.closeness * closeness(fake.float(), real.float())
+                    g_loss = g_loss + config.closeness * closeness(fake.float())
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:

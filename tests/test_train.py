@@ -353,11 +353,14 @@ def test_closeness_sees_a_few_duplicated_pieces_that_the_mean_spread_misses():
     g = torch.Generator().manual_seed(0)
     real = (torch.rand(16, 2, 64, 256, generator=g) > 0.9).float()
     fake = (torch.rand(16, 2, 64, 256, generator=g) > 0.9).float()
-    assert train_module.closeness(fake, real).item() == 0.0  # as far apart as real rolls
+    assert train_module.closeness(fake).item() == 0.0  # overlap about 0.1 between any two
     fake[1] = fake[0]  # one pair of twins among 120 pairs
     assert train_module.diversity_shortfall(fake, real).item() == 0.0
-    assert train_module.closeness(fake, real).item() == pytest.approx(1 / 120)
-    assert train_module.closeness(fake[:1].expand(16, -1, -1, -1), real).item() == 1.0
+    assert train_module.closeness(fake).item() == pytest.approx(1 / 120)
+    assert train_module.closeness(fake[:1].expand(16, -1, -1, -1)).item() == pytest.approx(1.0)
+    # More notes do not buy distance: a twin with twice the notes still overlaps by 2/3.
+    fake[1] = torch.maximum(fake[0], (torch.rand(2, 64, 256, generator=g) > 0.9).float())
+    assert train_module.closeness(fake).item() > 0
 
 
 def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
