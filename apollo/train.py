@@ -102,7 +102,7 @@ class TrainConfig:
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
-    pitch_bias: bool = False  # the generator's learned bias per pitch row (ModelConfig.pitch_bias)
+    pitch_bias: bool = True  # the generator's learned bias per pitch row (ModelConfig.pitch_bias; docs/model.md)
     confidence: float = 0.0  # weight of G's penalty for probabilities near 0.5 (0: off; docs/results.md)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
