@@ -319,7 +319,8 @@ def test_the_discriminator_sees_generated_planes_as_they_decode(data):
 
 
 def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, tmp_path):
-    run = train(TrainConfig(steps=2, r1=0.0, ema=0.0, augment_shift=0, diversity=0.0, chroma=False, rhythm=False, **TINY),
+    run = train(TrainConfig(steps=2, r1=0.0, ema=0.0, augment_shift=0, diversity=0.0, chroma=False, rhythm=False,
+                            pitch_bias=False, **TINY),
                 data=data,
                 run=tmp_path / "old",
                 progress=False)
