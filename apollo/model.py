@@ -139,13 +139,13 @@ class Generator(nn.Module):
         # Style numbers, read from the whole noise like the key and given to every position, are
         # one (docs/model.md).
         self.style = nn.Linear(math.prod(config.noise_shape), config.style, bias=False) if config.style else None
+        if self.style is not None:
+            nn.init.normal_(self.style.weight, 0.0, math.prod(config.noise_shape) ** -0.5)  # unit variance, like the noise
         # Which pitches an instrument or a style uses at all is a fact about each row, which
         # convolutions (the same weights at every pitch) can only build from the zero padding at
         # the edges; there they overshoot: the lowest row sounded in 16 % of the pieces of a model
         # trained on chorales, which never use it (docs/model.md). One learned bias per row.
         self.pitch_bias = nn.Parameter(torch.zeros(config.roll_channels, config.n_pitches, 1)) if config.pitch_bias else None
-        if self.style is not None:
-            nn.init.normal_(self.style.weight, 0.0, math.prod(config.noise_shape) ** -0.5)  # unit variance, like the noise
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(noise))

@@ -641,7 +641,7 @@ def train(
         for key, value in quality.items():
             if value is not None:
                 writer.add_scalar(f"eval/{key}", value, step)
-        duplicates = quality.get("near_duplicate_rate") or 0.0
+        duplicates = quality["near_duplicate_rate"] or 0.0  # None: fewer than two pieces
         if quality["mean_oa"] is not None and duplicates <= config.best_max_duplicates and \
                 (best is None or quality["mean_oa"] > best):
             best = quality["mean_oa"]
