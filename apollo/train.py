@@ -64,7 +64,8 @@ CLOSE_OVERLAP = 0.5  # pairs of fakes overlapping more than this pay the closene
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
                      "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
-                     "pitch_bias": False, "best_max_duplicates": 1.0, "closeness": 0.0}
+                     "pitch_bias": False, "best_max_duplicates": 1.0, "closeness": 0.0,
+                     "character": 0.0}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -98,6 +99,7 @@ class TrainConfig:
     # Without it, samples grew alike within a few hundred steps (docs/results.md).
     diversity: float = 1.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
     closeness: float = 0.0  # weight of G's penalty for pairs of pieces nearly alike (0: off; docs/results.md)
+    character: float = 0.0  # weight of the term that makes G pay when its pieces' rhythm varies less than real pieces' (0: off)
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
@@ -333,6 +335,36 @@ def closeness(fake: torch.Tensor) -> torch.Tensor:
     overlap = 2 * flat @ flat.T / (sizes[:, None] + sizes[None, :]).clamp_min(1.0)
     rows, cols = torch.triu_indices(len(fake), len(fake), offset=1, device=fake.device)
     return (torch.relu(overlap[rows, cols] - CLOSE_OVERLAP) / (1 - CLOSE_OVERLAP)).mean()
+
+
+def rhythm_character(rolls: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
+    """Rolls [B, planes, P, T] as the decoder reads them -> [B, 3]: per piece, how many of its
+    sounding cells are onsets (1 / the mean note length in steps), how many of its onsets fall
+    between beats, and how many of its cells sound. What sets a chorale of running eighths apart
+    from one of half notes, or from one that ends halfway. Smooth in the cells.
+
+    Plane 0 is "sounding" in every encoding; plane 1, where there is one, holds the onsets, else
+    a note starts where a pitch begins to sound.
+    """
+    sounding = rolls[:, 0]
+    onset = rolls[:, 1] if rolls.shape[1] > 1 else sounding * (1 - F.pad(sounding, (1, 0))[..., :-1])
+    n_sounding, n_onsets = sounding.sum(dim=(1, 2)), onset.sum(dim=(1, 2))
+    between_beats = onset[..., torch.arange(rolls.shape[-1], device=rolls.device) % steps_per_beat != 0].sum(dim=(1, 2))
+    return torch.stack([n_onsets / n_sounding.clamp_min(1.0), between_beats / n_onsets.clamp_min(1.0),
+                        n_sounding / sounding[0].numel()], dim=1)
+
+
+def character_shortfall(fake: torch.Tensor, real: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
+    """A term for G to minimize: how far its pieces are from varying in rhythm
+    (:func:`rhythm_character`) as much as the real batch's pieces do, averaged over the three.
+
+    The discriminator judges one piece at a time, so a generator whose every piece has the same
+    mix of note lengths passes it, while real chorales range from running eighths to half notes
+    (docs/results.md, "Fifth round"). 0 once the fakes' standard deviations reach the real ones.
+    """
+    spread_fake = rhythm_character(fake, steps_per_beat).std(dim=0)
+    spread_real = rhythm_character(real, steps_per_beat).std(dim=0)
+    return torch.relu(1 - spread_fake / spread_real.clamp_min(1e-6)).mean()
 
 
 def pair_spread(rolls: torch.Tensor) -> torch.Tensor:
@@ -733,6 +765,8 @@ def train(
                     g_loss = g_loss + config.confidence * uncertainty(probs.float())
                 if config.closeness:
                     g_loss = g_loss + config.closeness * closeness(fake.float())
+                if config.character:
+                    g_loss = g_loss + config.character * character_shortfall(fake.float(), real.float(), beat)
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:

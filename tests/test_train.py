@@ -327,7 +327,7 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     older = ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine",
-             "style", "pitch_bias", "best_max_duplicates", "closeness")
+             "style", "pitch_bias", "best_max_duplicates", "closeness", "character")
     for key in older:  # what an older Apollo wrote
         del state["train_config"][key]
         state["model_config"].pop(key, None)
@@ -364,6 +364,38 @@ def test_closeness_sees_a_few_duplicated_pieces_that_the_mean_spread_misses():
     assert train_module.closeness(fake).item() > 0
 
 
+def _one_voice(note_steps: int, sounding_steps: int = 256) -> torch.Tensor:
+    """One pitch playing notes of ``note_steps`` back to back for ``sounding_steps``, onset-encoded."""
+    roll = torch.zeros(2, 64, 256)
+    roll[0, 10, :sounding_steps] = 1
+    roll[1, 10, :sounding_steps:note_steps] = 1
+    return roll
+
+
+def test_rhythm_character_reads_note_lengths_offbeat_onsets_and_fullness():
+    quarters, eighths, halves, half_silent = _one_voice(4), _one_voice(2), _one_voice(8), _one_voice(4, 128)
+    character = train_module.rhythm_character(torch.stack([quarters, eighths, halves, half_silent]), steps_per_beat=4)
+    expected = [[1 / 4, 0, 1 / 64], [1 / 2, 1 / 2, 1 / 64], [1 / 8, 0, 1 / 64], [1 / 4, 0, 1 / 128]]
+    assert torch.allclose(character, torch.tensor(expected))
+    # A one-plane roll: notes start where a pitch begins to sound after silence.
+    separated = torch.zeros(1, 1, 64, 256)
+    separated[0, 0, 10, 2:4] = separated[0, 0, 10, 8:16] = 1
+    assert torch.allclose(train_module.rhythm_character(separated, steps_per_beat=4),
+                          torch.tensor([[2 / 10, 1 / 2, 10 / 64 / 256]]))
+
+
+def test_character_shortfall_is_one_when_every_piece_has_the_same_rhythm():
+    real = torch.stack([_one_voice(4), _one_voice(2), _one_voice(8), _one_voice(4, 128)])
+    assert train_module.character_shortfall(real[[0, 0, 0, 0]], real, steps_per_beat=4).item() == pytest.approx(1.0)
+    assert train_module.character_shortfall(real.flip(0), real, steps_per_beat=4).item() == pytest.approx(0.0)
+    # Varying only in fullness meets one of the three.
+    same_lengths = real[[0, 0, 3, 3]]
+    assert train_module.character_shortfall(same_lengths, real, steps_per_beat=4).item() == pytest.approx(2 / 3)
+    fake = real[[0, 0, 0, 1]].clone().requires_grad_(True)
+    train_module.character_shortfall(fake, real, steps_per_beat=4).backward()
+    assert fake.grad.abs().sum() > 0
+
+
 def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
     assert train_module.uncertainty(torch.tensor([0.0, 1.0, 1.0, 0.0])).item() == 0.0
     assert train_module.uncertainty(torch.full((4,), 0.5)).item() == 1.0
@@ -371,7 +403,7 @@ def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
 
 
 def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
-    run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0,
+    run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0, character=1.0,
                             **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
