@@ -699,7 +699,7 @@ def train(
                disable=not (progress and world.main))
     kind, n_critic = config.loss, config.n_critic
     as_prob = torch.sigmoid if kind == "bce" else torch.as_tensor  # D(x) as a probability where it is one
-    stats = torch.zeros(6, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty, shortfall
+    stats = torch.zeros(7, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty and the two shortfalls
     n_stats, interval_start = 0, time.perf_counter()
     started = last_save = time.monotonic()
     reason = "done"
@@ -765,8 +765,9 @@ def train(
                     g_loss = g_loss + config.confidence * uncertainty(probs.float())
                 if config.closeness:
                     g_loss = g_loss + config.closeness * closeness(fake.float())
+                sameness = character_shortfall(fake.float(), real.float(), beat) if config.character else torch.zeros((), device=device)
                 if config.character:
-                    g_loss = g_loss + config.character * character_shortfall(fake.float(), real.float(), beat)
+                    g_loss = g_loss + config.character * sameness
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:
@@ -779,11 +780,12 @@ def train(
 
             # Bookkeeping, without a device sync on most steps: sums stay on the device.
             stats += torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
-                                  as_prob(fake_scores.detach()).mean(), penalty.detach(), shortfall.detach()])
+                                  as_prob(fake_scores.detach()).mean(), penalty.detach(), shortfall.detach(),
+                                  sameness.detach()])
             n_stats += 1
             bar.update(1)
             if log_now and world.main:
-                d_loss_, g_loss_, d_real, d_fake, pen, short = (stats / n_stats).tolist()
+                d_loss_, g_loss_, d_real, d_fake, pen, short, same = (stats / n_stats).tolist()
                 now = time.perf_counter()
                 speed = n_stats * n_critic * config.batch_size * world.size / (now - interval_start)
                 record = {"step": step, "time": round(time.monotonic() - started, 2), "d_loss": d_loss_,
@@ -793,6 +795,8 @@ def train(
                     record["penalty"] = pen
                 if config.diversity:
                     record["diversity_shortfall"] = short
+                if config.character:
+                    record["character_shortfall"] = same
                 append_jsonl(metrics, record)
                 for key, value in record.items():
                     if key not in ("step", "time"):

@@ -408,6 +408,8 @@ def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 0 <= next(row["character_shortfall"] for row in logged if "character_shortfall" in row) <= 1
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
