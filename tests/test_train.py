@@ -384,15 +384,20 @@ def test_rhythm_character_reads_note_lengths_offbeat_onsets_and_fullness():
                           torch.tensor([[2 / 10, 1 / 2, 10 / 64 / 256]]))
 
 
-def test_character_shortfall_is_one_when_every_piece_has_the_same_rhythm():
+def test_character_gap_is_one_when_every_piece_has_the_same_rhythm_and_zero_for_real_variety():
     real = torch.stack([_one_voice(4), _one_voice(2), _one_voice(8), _one_voice(4, 128)])
-    assert train_module.character_shortfall(real[[0, 0, 0, 0]], real, steps_per_beat=4).item() == pytest.approx(1.0)
-    assert train_module.character_shortfall(real.flip(0), real, steps_per_beat=4).item() == pytest.approx(0.0)
-    # Varying only in fullness meets one of the three.
-    same_lengths = real[[0, 0, 3, 3]]
-    assert train_module.character_shortfall(same_lengths, real, steps_per_beat=4).item() == pytest.approx(2 / 3)
+    assert train_module.character_gap(real[[0, 0, 0, 0]], real, steps_per_beat=4).item() == pytest.approx(1.0)
+    assert train_module.character_gap(real.flip(0), real, steps_per_beat=4).item() == pytest.approx(0.0)
+    # Varying only in fullness, and by as much as the real pieces, meets one of the three.
+    same_lengths = real[[0, 0, 0, 3]]
+    assert train_module.character_gap(same_lengths, real, steps_per_beat=4).item() == pytest.approx(2 / 3)
+    # Varying more than real pieces do costs too: here 1.5 times the real spread of 1 / note length,
+    # the same spread of offbeat onsets, and twice the spread of fullness.
+    real = torch.stack([_one_voice(4), _one_voice(2), _one_voice(4, 192), _one_voice(2, 192)])
+    more = torch.stack([_one_voice(8), _one_voice(2), _one_voice(8, 128), _one_voice(2, 128)])
+    assert train_module.character_gap(more, real, steps_per_beat=4).item() == pytest.approx((0.5 + 0 + 1) / 3)
     fake = real[[0, 0, 0, 1]].clone().requires_grad_(True)
-    train_module.character_shortfall(fake, real, steps_per_beat=4).backward()
+    train_module.character_gap(fake, real, steps_per_beat=4).backward()
     assert fake.grad.abs().sum() > 0
 
 
@@ -409,7 +414,7 @@ def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert 0 <= next(row["character_shortfall"] for row in logged if "character_shortfall" in row) <= 1
+    assert 0 <= next(row["character_gap"] for row in logged if "character_gap" in row) <= 1
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
