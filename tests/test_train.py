@@ -364,38 +364,41 @@ def test_closeness_sees_a_few_duplicated_pieces_that_the_mean_spread_misses():
     assert train_module.closeness(fake).item() > 0
 
 
-def _one_voice(note_steps: int, sounding_steps: int = 256) -> torch.Tensor:
-    """One pitch playing notes of ``note_steps`` back to back for ``sounding_steps``, onset-encoded."""
+def _one_voice(note_steps: int, sounding_steps: int = 256, held: int = 0) -> torch.Tensor:
+    """One pitch playing notes of ``note_steps`` back to back for ``sounding_steps``, and ``held``
+    more pitches held from the first step to the last, onset-encoded."""
     roll = torch.zeros(2, 64, 256)
     roll[0, 10, :sounding_steps] = 1
     roll[1, 10, :sounding_steps:note_steps] = 1
+    roll[0, 20 : 20 + held] = 1
+    roll[1, 20 : 20 + held, 0] = 1
     return roll
 
 
-def test_rhythm_character_reads_note_lengths_offbeat_onsets_and_fullness():
+def test_rhythm_character_reads_how_often_notes_start_offbeat_onsets_and_fullness():
     quarters, eighths, halves, half_silent = _one_voice(4), _one_voice(2), _one_voice(8), _one_voice(4, 128)
     character = train_module.rhythm_character(torch.stack([quarters, eighths, halves, half_silent]), steps_per_beat=4)
-    expected = [[1 / 4, 0, 1 / 64], [1 / 2, 1 / 2, 1 / 64], [1 / 8, 0, 1 / 64], [1 / 4, 0, 1 / 128]]
+    expected = [[1 / 4, 0, 1 / 64], [1 / 2, 1 / 2, 1 / 64], [1 / 8, 0, 1 / 64], [1 / 8, 0, 1 / 128]]
     assert torch.allclose(character, torch.tensor(expected))
+    # Steps, not notes: a held voice changes only the fullness.
+    assert torch.allclose(train_module.rhythm_character(_one_voice(2, held=3)[None], steps_per_beat=4),
+                          torch.tensor([[1 / 2, 1 / 2, 4 / 64]]))
     # A one-plane roll: notes start where a pitch begins to sound after silence.
     separated = torch.zeros(1, 1, 64, 256)
     separated[0, 0, 10, 2:4] = separated[0, 0, 10, 8:16] = 1
     assert torch.allclose(train_module.rhythm_character(separated, steps_per_beat=4),
-                          torch.tensor([[2 / 10, 1 / 2, 10 / 64 / 256]]))
+                          torch.tensor([[2 / 256, 1 / 2, 10 / 64 / 256]]))
 
 
 def test_character_gap_is_one_when_every_piece_has_the_same_rhythm_and_zero_for_real_variety():
-    real = torch.stack([_one_voice(4), _one_voice(2), _one_voice(8), _one_voice(4, 128)])
+    real = torch.stack([_one_voice(4), _one_voice(2), _one_voice(4, held=1), _one_voice(2, held=1)])
     assert train_module.character_gap(real[[0, 0, 0, 0]], real, steps_per_beat=4).item() == pytest.approx(1.0)
     assert train_module.character_gap(real.flip(0), real, steps_per_beat=4).item() == pytest.approx(0.0)
-    # Varying only in fullness, and by as much as the real pieces, meets one of the three.
-    same_lengths = real[[0, 0, 0, 3]]
-    assert train_module.character_gap(same_lengths, real, steps_per_beat=4).item() == pytest.approx(2 / 3)
-    # Varying more than real pieces do costs too: here 1.5 times the real spread of 1 / note length,
-    # the same spread of offbeat onsets, and twice the spread of fullness.
-    real = torch.stack([_one_voice(4), _one_voice(2), _one_voice(4, 192), _one_voice(2, 192)])
-    more = torch.stack([_one_voice(8), _one_voice(2), _one_voice(8, 128), _one_voice(2, 128)])
-    assert train_module.character_gap(more, real, steps_per_beat=4).item() == pytest.approx((0.5 + 0 + 1) / 3)
+    # The same rhythms with the same fullness throughout meet two of the three.
+    assert train_module.character_gap(real[[0, 1, 0, 1]], real, steps_per_beat=4).item() == pytest.approx(1 / 3)
+    # Varying more than real pieces do costs as much: here twice the real spread of fullness.
+    more = torch.stack([_one_voice(4), _one_voice(2), _one_voice(4, held=2), _one_voice(2, held=2)])
+    assert train_module.character_gap(more, real, steps_per_beat=4).item() == pytest.approx(1 / 3)
     fake = real[[0, 0, 0, 1]].clone().requires_grad_(True)
     train_module.character_gap(fake, real, steps_per_beat=4).backward()
     assert fake.grad.abs().sum() > 0
