@@ -366,7 +366,8 @@ def character_gap(fake: torch.Tensor, real: torch.Tensor, steps_per_beat: int) -
     mix of note lengths passes it, while real chorales range from running eighths to half notes
     (docs/results.md, "Fifth round"). 0 when the fakes' standard deviations equal the real ones,
     1 when every fake is alike. Varying more than real pieces do costs as much as varying less:
-    with a one-sided term a run overshot to twice the real spread (docs/results.md, "Sixth round").
+    with a one-sided term two runs overshot to 1.6-1.8 times the real spread (docs/results.md,
+    "Sixth round").
     """
     spread_fake = rhythm_character(fake, steps_per_beat).std(dim=0)
     spread_real = rhythm_character(real, steps_per_beat).std(dim=0)
