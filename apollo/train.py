@@ -706,7 +706,7 @@ def train(
                disable=not (progress and world.main))
     kind, n_critic = config.loss, config.n_critic
     as_prob = torch.sigmoid if kind == "bce" else torch.as_tensor  # D(x) as a probability where it is one
-    stats = torch.zeros(7, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty and the two shortfalls
+    stats = torch.zeros(7, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty, diversity shortfall, character gap
     n_stats, interval_start = 0, time.perf_counter()
     started = last_save = time.monotonic()
     reason = "done"
@@ -772,9 +772,9 @@ def train(
                     g_loss = g_loss + config.confidence * uncertainty(probs.float())
                 if config.closeness:
                     g_loss = g_loss + config.closeness * closeness(fake.float())
-                sameness = character_gap(fake.float(), real.float(), beat) if config.character else torch.zeros((), device=device)
+                rhythm_gap = character_gap(fake.float(), real.float(), beat) if config.character else torch.zeros((), device=device)
                 if config.character:
-                    g_loss = g_loss + config.character * sameness
+                    g_loss = g_loss + config.character * rhythm_gap
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:
@@ -788,7 +788,7 @@ def train(
             # Bookkeeping, without a device sync on most steps: sums stay on the device.
             stats += torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
                                   as_prob(fake_scores.detach()).mean(), penalty.detach(), shortfall.detach(),
-                                  sameness.detach()])
+                                  rhythm_gap.detach()])
             n_stats += 1
             bar.update(1)
             if log_now and world.main:
