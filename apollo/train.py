@@ -706,7 +706,7 @@ def train(
                disable=not (progress and world.main))
     kind, n_critic = config.loss, config.n_critic
     as_prob = torch.sigmoid if kind == "bce" else torch.as_tensor  # D(x) as a probability where it is one
-    stats = torch.zeros(7, device=device)  # running sums of d_loss, g_loss, d_real, d_fake, penalty, diversity shortfall, character gap
+    stats = torch.zeros(7, device=device)  # running sums of the numbers logged below
     n_stats, interval_start = 0, time.perf_counter()
     started = last_save = time.monotonic()
     reason = "done"
