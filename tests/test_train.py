@@ -378,16 +378,16 @@ def _one_voice(note_steps: int, sounding_steps: int = 256, held: int = 0) -> tor
 def test_rhythm_character_reads_how_often_notes_start_offbeat_onsets_and_fullness():
     quarters, eighths, halves, half_silent = _one_voice(4), _one_voice(2), _one_voice(8), _one_voice(4, 128)
     character = train_module.rhythm_character(torch.stack([quarters, eighths, halves, half_silent]), steps_per_beat=4)
-    expected = [[1 / 4, 0, 1 / 64], [1 / 2, 1 / 2, 1 / 64], [1 / 8, 0, 1 / 64], [1 / 8, 0, 1 / 128]]
+    expected = [[1 / 4, 0, 1 / 64], [1 / 2, 1 / 2, 1 / 64], [1 / 8, 0, 1 / 64], [1 / 4, 0, 1 / 128]]
     assert torch.allclose(character, torch.tensor(expected))
-    # Steps, not notes: a held voice changes only the fullness.
+    # Sounding steps, not notes: neither the silent second half above nor a held voice changes the first two.
     assert torch.allclose(train_module.rhythm_character(_one_voice(2, held=3)[None], steps_per_beat=4),
                           torch.tensor([[1 / 2, 1 / 2, 4 / 64]]))
     # A one-plane roll: notes start where a pitch begins to sound after silence.
     separated = torch.zeros(1, 1, 64, 256)
     separated[0, 0, 10, 2:4] = separated[0, 0, 10, 8:16] = 1
     assert torch.allclose(train_module.rhythm_character(separated, steps_per_beat=4),
-                          torch.tensor([[2 / 256, 1 / 2, 10 / 64 / 256]]))
+                          torch.tensor([[2 / 10, 1 / 2, 10 / 64 / 256]]))
 
 
 def test_character_gap_is_one_when_every_piece_has_the_same_rhythm_and_zero_for_real_variety():
