@@ -338,25 +338,22 @@ def closeness(fake: torch.Tensor) -> torch.Tensor:
 
 
 def rhythm_character(rolls: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
-    """Rolls [B, planes, P, T] as the decoder reads them -> [B, 3]: per piece, the share of its
-    sounding steps where some note starts, the share of those that fall between beats, and the
-    share of its cells that sound. What sets a chorale moving in eighths apart from one in half
-    notes, or from one that ends halfway. Smooth in the cells.
+    """Rolls [B, planes, P, T] as the decoder reads them -> [B, 3]: per piece, how many of its
+    sounding cells are onsets (1 / the mean note length in steps), how many of its onsets fall
+    between beats, and how many of its cells sound. What sets a chorale of running eighths apart
+    from one of half notes, or from one that ends halfway. Smooth in the cells.
 
-    The first two count steps, not notes, and only steps where something sounds, so that neither
-    changes with the number of voices or the silence at the end: counted per note, a generator
-    raised their spread by cutting voices short; counted over all steps, by writing near-empty
-    pieces (docs/results.md, "Sixth round"). Plane 0 is "sounding" in every encoding; plane 1,
-    where there is one, holds the onsets, else a note starts where a pitch begins to sound.
+    Counted per note. Counted per step (does any note start here?), the spread pulled the
+    generator's rolls apart and let the discriminator win within 400 steps (docs/results.md,
+    "Sixth round"). Plane 0 is "sounding" in every encoding; plane 1, where there is one, holds the
+    onsets, else a note starts where a pitch begins to sound.
     """
     sounding = rolls[:, 0]
     onset = rolls[:, 1] if rolls.shape[1] > 1 else sounding * (1 - F.pad(sounding, (1, 0))[..., :-1])
-    starts = 1 - (1 - onset).prod(dim=1)  # [B, T]: does any note start at this step?
-    n_starts = starts.sum(dim=1)
-    n_sounding_steps = (1 - (1 - sounding).prod(dim=1)).sum(dim=1)
-    between_beats = starts[:, torch.arange(rolls.shape[-1], device=rolls.device) % steps_per_beat != 0].sum(dim=1)
-    return torch.stack([n_starts / n_sounding_steps.clamp_min(1.0), between_beats / n_starts.clamp_min(1.0),
-                        sounding.mean(dim=(1, 2))], dim=1)
+    n_sounding, n_onsets = sounding.sum(dim=(1, 2)), onset.sum(dim=(1, 2))
+    between_beats = onset[..., torch.arange(rolls.shape[-1], device=rolls.device) % steps_per_beat != 0].sum(dim=(1, 2))
+    return torch.stack([n_onsets / n_sounding.clamp_min(1.0), between_beats / n_onsets.clamp_min(1.0),
+                        n_sounding / sounding[0].numel()], dim=1)
 
 
 def character_gap(fake: torch.Tensor, real: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
