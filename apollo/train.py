@@ -343,9 +343,8 @@ def rhythm_character(rolls: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
     between beats, and how many of its cells sound. What sets a chorale of running eighths apart
     from one of half notes, or from one that ends halfway. Smooth in the cells.
 
-    Counted per note. Counted per step (does any note start here?), the spread pulled the
-    generator's rolls apart and let the discriminator win within 400 steps (docs/results.md,
-    "Sixth round"). Plane 0 is "sounding" in every encoding; plane 1, where there is one, holds the
+    Counted per note. Counted per step (does any note start here?), the generator emptied its
+    pieces, or the discriminator won, within 450 steps (docs/results.md, "Sixth round"). Plane 0 is "sounding" in every encoding; plane 1, where there is one, holds the
     onsets, else a note starts where a pitch begins to sound.
     """
     sounding = rolls[:, 0]
