@@ -344,8 +344,9 @@ def rhythm_character(rolls: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
     from one of half notes, or from one that ends halfway. Smooth in the cells.
 
     Counted per note. Counted per step (does any note start here?), the generator emptied its
-    pieces, or the discriminator won, within 450 steps (docs/results.md, "Sixth round"). Plane 0 is "sounding" in every encoding; plane 1, where there is one, holds the
-    onsets, else a note starts where a pitch begins to sound.
+    pieces, or the discriminator won, within 450 steps (docs/results.md, "Sixth round").
+    Plane 0 is "sounding" in every encoding; plane 1, where there is one, holds the onsets, else
+    a note starts where a pitch begins to sound.
     """
     sounding = rolls[:, 0]
     onset = rolls[:, 1] if rolls.shape[1] > 1 else sounding * (1 - F.pad(sounding, (1, 0))[..., :-1])
