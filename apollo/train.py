@@ -292,6 +292,11 @@ def as_judged(probs: torch.Tensor, binarize: bool, encoding: str) -> torch.Tenso
     return as_decoded(probs) if encoding == "onset" else probs
 
 
+def begins_to_sound(sounding: torch.Tensor) -> torch.Tensor:
+    """Cells [..., T] where a pitch sounds and did not one step earlier: where a note must start."""
+    return sounding * (1 - F.pad(sounding, (1, 0))[..., :-1])
+
+
 def as_decoded(planes: torch.Tensor) -> torch.Tensor:
     """Generated onset-encoded planes [B, 2, P, T] as :meth:`PianoRoll.decode` reads them.
 
@@ -302,8 +307,7 @@ def as_decoded(planes: torch.Tensor) -> torch.Tensor:
     so the generator's gradients pass through it.
     """
     sounding, onset = planes[:, :1], planes[:, 1:]
-    before = F.pad(sounding, (1, 0))[..., :-1]  # did the pitch sound one step earlier?
-    starts = sounding * (1 - before)
+    starts = begins_to_sound(sounding)
     onset = sounding * (onset + starts - onset * starts)  # sounding and (onset or start)
     return torch.cat([sounding, onset], dim=1)
 
@@ -349,7 +353,7 @@ def rhythm_character(rolls: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
     a note starts where a pitch begins to sound.
     """
     sounding = rolls[:, 0]
-    onset = rolls[:, 1] if rolls.shape[1] > 1 else sounding * (1 - F.pad(sounding, (1, 0))[..., :-1])
+    onset = rolls[:, 1] if rolls.shape[1] > 1 else begins_to_sound(sounding)
     n_sounding, n_onsets = sounding.sum(dim=(1, 2)), onset.sum(dim=(1, 2))
     between_beats = onset[..., torch.arange(rolls.shape[-1], device=rolls.device) % steps_per_beat != 0].sum(dim=(1, 2))
     return torch.stack([n_onsets / n_sounding.clamp_min(1.0), between_beats / n_onsets.clamp_min(1.0),
