@@ -65,7 +65,7 @@ CLOSE_OVERLAP = 0.5  # pairs of fakes overlapping more than this pay the closene
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "diversity": 0.0,
                      "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
                      "pitch_bias": False, "best_max_duplicates": 1.0, "closeness": 0.0,
-                     "character": 0.0}
+                     "character": 0.0, "texture": 0.0}
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -100,6 +100,7 @@ class TrainConfig:
     diversity: float = 1.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
     closeness: float = 0.0  # weight of G's penalty for pairs of pieces nearly alike (0: off; docs/results.md)
     character: float = 0.0  # weight of the term that makes G pay when its pieces' rhythm varies less or more than real pieces' (0: off)
+    texture: float = 0.0  # weight of the term that makes G pay when its pieces' texture (fullness, voices, chord size) drifts from real pieces' on average (0: off)
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
@@ -375,6 +376,37 @@ def character_gap(fake: torch.Tensor, real: torch.Tensor, steps_per_beat: int) -
     spread_fake = rhythm_character(fake, steps_per_beat).std(dim=0)
     spread_real = rhythm_character(real, steps_per_beat).std(dim=0)
     return (1 - spread_fake / spread_real.clamp_min(1e-6)).abs().mean()
+
+
+def texture(rolls: torch.Tensor) -> torch.Tensor:
+    """Rolls [B, planes, P, T] as the decoder reads them -> [B, 3]: per piece, how many of its cells
+    sound, how many pitches sound together where any sounds (polyphony), and how many notes start
+    together where any starts (chord size). Smooth in the cells; exact on 0/1 cells.
+
+    Plane 0 is "sounding"; plane 1, where there is one, holds the onsets, as in :func:`rhythm_character`.
+    """
+    sounding = rolls[:, 0]
+    onset = rolls[:, 1] if rolls.shape[1] > 1 else begins_to_sound(sounding)
+    # A step sounds where any pitch does: 1 - prod(1 - cell), exact on 0/1 cells.
+    sounding_steps = (1 - (1 - sounding).prod(dim=1)).sum(dim=1)
+    onset_steps = (1 - (1 - onset).prod(dim=1)).sum(dim=1)
+    n_sounding, n_onsets = sounding.sum(dim=(1, 2)), onset.sum(dim=(1, 2))
+    return torch.stack([n_sounding / sounding[0].numel(), n_sounding / sounding_steps.clamp_min(1.0),
+                        n_onsets / onset_steps.clamp_min(1.0)], dim=1)
+
+
+def texture_gap(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """A term for G to minimize: how far its pieces' texture (:func:`texture`) is from the real
+    batch's on average, relative to the real mean and averaged over the three numbers.
+
+    The rhythm terms move a piece's note lengths, and the cheapest way to do that is to change how
+    many voices sound: with the character term alone, runs thinned to 3.4 voices (real 4.0) or
+    flooded to 11 (docs/results.md, "Sixth round"). This term holds the texture where it is while
+    the rhythm moves. 0 when the batch means are equal; |1 - ratio| otherwise.
+    """
+    mean_fake = texture(fake).mean(dim=0)
+    mean_real = texture(real).mean(dim=0)
+    return (1 - mean_fake / mean_real.clamp_min(1e-6)).abs().mean()
 
 
 def pair_spread(rolls: torch.Tensor) -> torch.Tensor:
@@ -709,7 +741,7 @@ def train(
                disable=not (progress and world.main))
     kind, n_critic = config.loss, config.n_critic
     as_prob = torch.sigmoid if kind == "bce" else torch.as_tensor  # D(x) as a probability where it is one
-    stats = torch.zeros(7, device=device)  # running sums of the numbers logged below
+    stats = torch.zeros(8, device=device)  # running sums of the numbers logged below
     n_stats, interval_start = 0, time.perf_counter()
     started = last_save = time.monotonic()
     reason = "done"
@@ -778,6 +810,9 @@ def train(
                 rhythm_gap = character_gap(fake.float(), real.float(), beat) if config.character else torch.zeros((), device=device)
                 if config.character:
                     g_loss = g_loss + config.character * rhythm_gap
+                texture_drift = texture_gap(fake.float(), real.float()) if config.texture else torch.zeros((), device=device)
+                if config.texture:
+                    g_loss = g_loss + config.texture * texture_drift
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:
@@ -791,11 +826,11 @@ def train(
             # Bookkeeping, without a device sync on most steps: sums stay on the device.
             stats += torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
                                   as_prob(fake_scores.detach()).mean(), penalty.detach(), shortfall.detach(),
-                                  rhythm_gap.detach()])
+                                  rhythm_gap.detach(), texture_drift.detach()])
             n_stats += 1
             bar.update(1)
             if log_now and world.main:
-                d_loss_, g_loss_, d_real, d_fake, pen, short, gap = (stats / n_stats).tolist()
+                d_loss_, g_loss_, d_real, d_fake, pen, short, gap, drift = (stats / n_stats).tolist()
                 now = time.perf_counter()
                 speed = n_stats * n_critic * config.batch_size * world.size / (now - interval_start)
                 record = {"step": step, "time": round(time.monotonic() - started, 2), "d_loss": d_loss_,
@@ -807,6 +842,8 @@ def train(
                     record["diversity_shortfall"] = short
                 if config.character:
                     record["character_gap"] = gap
+                if config.texture:
+                    record["texture_gap"] = drift
                 append_jsonl(metrics, record)
                 for key, value in record.items():
                     if key not in ("step", "time"):

@@ -327,7 +327,7 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     older = ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine",
-             "style", "pitch_bias", "best_max_duplicates", "closeness", "character")
+             "style", "pitch_bias", "best_max_duplicates", "closeness", "character", "texture")
     for key in older:  # what an older Apollo wrote
         del state["train_config"][key]
         state["model_config"].pop(key, None)
@@ -398,6 +398,32 @@ def test_character_gap_is_one_when_every_piece_has_the_same_rhythm_and_zero_for_
     assert fake.grad.abs().sum() > 0
 
 
+def _chords(voices: int, note_steps: int, sounding_steps: int = 256) -> torch.Tensor:
+    """``voices`` pitches a fifth apart, playing notes of ``note_steps`` together, onset-encoded."""
+    return torch.stack([_one_voice(note_steps, sounding_steps).roll(7 * v, dims=1) for v in range(voices)]).amax(dim=0)
+
+
+def test_texture_reads_fullness_voices_and_chord_size():
+    four_voices, one_voice, half_silent = _chords(4, 4), _chords(1, 2), _chords(2, 4, 128)
+    expected = [[4 / 64, 4, 4], [1 / 64, 1, 1], [2 * 128 / (64 * 256), 2, 2]]
+    assert torch.allclose(train_module.texture(torch.stack([four_voices, one_voice, half_silent])), torch.tensor(expected))
+    # Voices that do not start together: two sound at once, but notes start one at a time.
+    staggered = _chords(1, 4) + _chords(1, 4).roll((7, 2), dims=(1, 2))
+    assert torch.allclose(train_module.texture(staggered[None]), torch.tensor([[2 / 64, 2, 1]]))
+
+
+def test_texture_gap_is_zero_for_the_real_mean_and_grows_with_thinner_or_fuller_pieces():
+    real = torch.stack([_chords(4, 4), _chords(4, 2), _chords(2, 4), _chords(2, 2)])  # 3 voices on average
+    assert train_module.texture_gap(real.flip(0), real).item() == pytest.approx(0.0)
+    assert train_module.texture_gap(torch.stack([_chords(3, 4)] * 4), real).item() == pytest.approx(0.0)
+    thin, full = torch.stack([_chords(1, 4)] * 4), torch.stack([_chords(5, 4)] * 4)
+    assert train_module.texture_gap(thin, real).item() == pytest.approx(2 / 3)  # a third of each number
+    assert train_module.texture_gap(full, real).item() == pytest.approx(2 / 3)
+    fake = thin.clone().requires_grad_(True)
+    train_module.texture_gap(fake, real).backward()
+    assert fake.grad.abs().sum() > 0
+
+
 def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
     assert train_module.uncertainty(torch.tensor([0.0, 1.0, 1.0, 0.0])).item() == 0.0
     assert train_module.uncertainty(torch.full((4,), 0.5)).item() == 1.0
@@ -406,12 +432,13 @@ def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
 
 def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
     run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0, character=1.0,
-                            **TINY), data=data,
+                            texture=1.0, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert 0 <= next(row["character_gap"] for row in logged if "character_gap" in row) <= 1
+    assert next(row["texture_gap"] for row in logged if "texture_gap" in row) >= 0
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
