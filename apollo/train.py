@@ -342,6 +342,14 @@ def closeness(fake: torch.Tensor) -> torch.Tensor:
     return (torch.relu(overlap[rows, cols] - CLOSE_OVERLAP) / (1 - CLOSE_OVERLAP)).mean()
 
 
+def sounding_and_onsets(rolls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rolls [B, planes, P, T] as the decoder reads them -> sounding and onset cells, each [B, P, T].
+    Plane 0 is "sounding" in every encoding; plane 1, where there is one, holds the onsets, else a
+    note starts where a pitch begins to sound."""
+    sounding = rolls[:, 0]
+    return sounding, rolls[:, 1] if rolls.shape[1] > 1 else begins_to_sound(sounding)
+
+
 def rhythm_character(rolls: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
     """Rolls [B, planes, P, T] as the decoder reads them -> [B, 3]: per piece, how many of its
     sounding cells are onsets (1 / the mean note length in steps), how many of its onsets fall
@@ -350,11 +358,8 @@ def rhythm_character(rolls: torch.Tensor, steps_per_beat: int) -> torch.Tensor:
 
     Counted per note. Counted per step (does any note start here?), the generator emptied its
     pieces, or the discriminator won, within 450 steps (docs/results.md, "Sixth round").
-    Plane 0 is "sounding" in every encoding; plane 1, where there is one, holds the onsets, else
-    a note starts where a pitch begins to sound.
     """
-    sounding = rolls[:, 0]
-    onset = rolls[:, 1] if rolls.shape[1] > 1 else begins_to_sound(sounding)
+    sounding, onset = sounding_and_onsets(rolls)
     n_sounding, n_onsets = sounding.sum(dim=(1, 2)), onset.sum(dim=(1, 2))
     between_beats = onset[..., torch.arange(rolls.shape[-1], device=rolls.device) % steps_per_beat != 0].sum(dim=(1, 2))
     return torch.stack([n_onsets / n_sounding.clamp_min(1.0), between_beats / n_onsets.clamp_min(1.0),
@@ -382,11 +387,8 @@ def texture(rolls: torch.Tensor) -> torch.Tensor:
     """Rolls [B, planes, P, T] as the decoder reads them -> [B, 3]: per piece, how many of its cells
     sound, how many pitches sound together where any sounds (polyphony), and how many notes start
     together where any starts (chord size). Smooth in the cells; exact on 0/1 cells.
-
-    Plane 0 is "sounding"; plane 1, where there is one, holds the onsets, as in :func:`rhythm_character`.
     """
-    sounding = rolls[:, 0]
-    onset = rolls[:, 1] if rolls.shape[1] > 1 else begins_to_sound(sounding)
+    sounding, onset = sounding_and_onsets(rolls)
     # A step sounds where any pitch does: 1 - prod(1 - cell), exact on 0/1 cells.
     sounding_steps = (1 - (1 - sounding).prod(dim=1)).sum(dim=1)
     onset_steps = (1 - (1 - onset).prod(dim=1)).sum(dim=1)
@@ -400,7 +402,7 @@ def texture_gap(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     batch's on average, relative to the real mean and averaged over the three numbers.
 
     The rhythm terms move a piece's note lengths, and the cheapest way to do that is to change how
-    many voices sound: with the character term alone, runs thinned to 3.4 voices (real 4.0) or
+    many voices sound: with the character term, runs thinned to 3.4 voices (real 4.0) or
     flooded to 11 (docs/results.md, "Sixth round"). This term holds the texture where it is while
     the rhythm moves. 0 when the batch means are equal; |1 - ratio| otherwise.
     """
