@@ -54,7 +54,7 @@ from apollo.key import move_histogram
 from apollo.model import PRESETS, Discriminator, Generator, ModelConfig
 from apollo.roll import ENCODINGS, PianoRoll
 
-__all__ = ["TrainConfig", "LOSSES", "train", "latest_checkpoint", "resolve_device"]
+__all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_checkpoint", "resolve_device"]
 
 LOSSES = ("bce", "wgan-gp", "hinge")
 R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2: a third of the cost)
@@ -66,6 +66,8 @@ OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats"
                      "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
                      "pitch_bias": False, "best_max_duplicates": 1.0, "closeness": 0.0,
                      "character": 0.0, "texture": 0.0}
+# Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
+MODEL_SHAPING = ("preset", "loss", "chroma", "rhythm", "refine", "style", "pitch_bias")
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
                    "train_config", "dataset_config", "step")
 
@@ -517,6 +519,21 @@ def find_run(run: str | Path, root: str | Path = "runs") -> Path:
     raise ApolloError(f"no run to resume at {run} (no checkpoints/last.pt there or under {root}/)")
 
 
+def saved_train_config(checkpoint: str | Path) -> TrainConfig:
+    """The settings a training checkpoint was trained with, to change for fine-tuning
+    (``train(dataclasses.replace(saved_train_config(path), texture=2.0), start_from=path)``)."""
+    return config_of(read_training_checkpoint(Path(checkpoint)), checkpoint)
+
+
+def config_of(state: dict, where: str | Path) -> TrainConfig:
+    """The TrainConfig a training checkpoint holds; settings it predates are off."""
+    try:
+        return TrainConfig(**{**OFF_IN_OLDER_RUNS, **state["train_config"],
+                              "betas": tuple(state["train_config"]["betas"])})
+    except (TypeError, ValueError) as error:
+        raise ApolloError(f"{where}: the checkpoint's train_config is not usable ({error})") from None
+
+
 def read_training_checkpoint(path: Path) -> dict:
     """A training checkpoint, checked for the keys resuming needs (loading never runs its code)."""
     state = load_checkpoint(path)
@@ -566,6 +583,7 @@ def train(
     data: str | Path | None = None,
     run: str | Path | None = None,
     resume: str | Path | None = None,
+    start_from: str | Path | None = None,
     runs_root: str | Path = "runs",
     progress: bool = True,
 ) -> Path:
@@ -582,24 +600,40 @@ def train(
         The new run's directory; default: ``<runs_root>/<date-time>``. It must not exist yet.
     resume
         A run directory (or name under ``runs_root``) to continue from its ``last.pt``.
+    start_from
+        A training checkpoint (``last.pt`` or ``best.pt``) to fine-tune: a new run that goes on from
+        its weights, optimizers, moving average and step with ``config``'s settings (start from
+        :func:`saved_train_config` and change what should differ). The model's shape is the checkpoint's;
+        ``data`` defaults to its dataset. The checkpoint's own run is left as it is.
     progress
         Show a progress bar.
 
     Raises
     ------
     ApolloError
-        No dataset, no run to resume, an unreadable or tampered checkpoint, a missing device.
+        No dataset, no run to resume, an unreadable or tampered checkpoint, a missing device, a
+        fine-tuning config that would change the model's shape.
     """
     # 1. Settings: the resumed run's own, or fresh ones.
     state = None
+    if resume is not None and start_from is not None:
+        raise ApolloError("resume a run or start from a checkpoint, not both")
+    if start_from is not None:
+        state = read_training_checkpoint(Path(start_from))
+        saved = config_of(state, start_from)
+        config = config or saved
+        if config.preset == "auto":
+            config = dataclasses.replace(config, preset=saved.preset)
+        shaped = [name for name in MODEL_SHAPING if getattr(config, name) != getattr(saved, name)]
+        if shaped:
+            raise ApolloError(f"{start_from}: fine-tuning keeps the model as it is; "
+                              f"{', '.join(shaped)} cannot change")
+        state = {**state, "best_metric": None}  # the new run keeps its own best
+        data = data if data is not None else Path(state["data"])
     if resume is not None:
         run_dir = find_run(resume, runs_root)
         state = read_training_checkpoint(run_dir / "checkpoints" / "last.pt")
-        try:
-            saved = TrainConfig(**{**OFF_IN_OLDER_RUNS, **state["train_config"],
-                                   "betas": tuple(state["train_config"]["betas"])})
-        except (TypeError, ValueError) as error:
-            raise ApolloError(f"{run_dir}: the checkpoint's train_config is not usable ({error})") from None
+        saved = config_of(state, run_dir)
         if config is not None:  # how long and where may change; None keeps the run's own
             saved = dataclasses.replace(
                 saved,
@@ -674,7 +708,7 @@ def train(
     if world.main:
         from torch.utils.tensorboard import SummaryWriter
 
-        if state is None:
+        if resume is None:
             run_dir = new_run_dir(run, runs_root)
             write_json(run_dir / "config.json", {
                 "train_config": dataclasses.asdict(config), "model_config": dataclasses.asdict(model_config),
@@ -682,9 +716,9 @@ def train(
                 "world_size": world.size,
             })
         # purge_step drops TensorBoard events past the checkpoint, which a resumed run redoes.
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if state else None)
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if resume is not None else None)
         metrics = run_dir / "metrics.jsonl"
-        append_jsonl(metrics, {"event": "resume" if state else "start", "step": step, "steps": config.steps,
+        append_jsonl(metrics, {"event": "resume" if resume is not None else "start", "step": step, "steps": config.steps,
                                "minutes": config.minutes, "device": str(device), "world_size": world.size})
         reference: list[PianoRoll] = []
         if config.eval_every:
@@ -692,7 +726,7 @@ def train(
             val_set = val_set if len(val_set) else train_set
             pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(config.seed))
             reference = val_set.rolls(sorted(pick[: config.n_reference].tolist()))
-    elif state is None:
+    elif resume is None:
         run_dir = Path(run or runs_root)  # the other processes write nothing
 
     def checkpoint(name: str) -> None:

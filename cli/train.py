@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
 from apollo.model import PRESETS
-from apollo.train import LOSSES, TrainConfig, train as run_training
+from apollo.train import LOSSES, TrainConfig, saved_train_config, train as run_training
 
 # What a resumed run may change: how long it goes on and where. Everything else would make the
 # continuation a different run.
 RESUMABLE = ("steps", "minutes", "device", "resume", "progress")
 
 
+def default_d_lr(lr: float) -> float:
+    """The discriminator's rate when only the generator's is given: the default ratio to it."""
+    return lr * TrainConfig.d_lr / TrainConfig.lr
+
+
 @click.command("train")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), help="Dataset folder (default: the newest under datasets/).")
 @click.option("--run", "--run-dir", "run", type=click.Path(path_type=Path), help="New run folder (default: runs/<date-time>); must not exist. Under torchrun spell it --run-dir.")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="RUN", help="Continue the run in this folder (or runs/RUN) from its last checkpoint.")
+@click.option("--from", "start_from", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT", help="Fine-tune: a new run that goes on from this training checkpoint with its settings, changed by the options given here.")
 @click.option("--preset", default="auto", show_default=True, type=click.Choice([*PRESETS, "auto"]), help="Model size; auto: small on CPU, apollo on a GPU.")
 @click.option("--loss", default="bce", show_default=True, type=click.Choice(LOSSES), help="GAN loss.")
 @click.option("--steps", type=click.IntRange(min=0), help="Train until this many generator updates in all.")
@@ -51,7 +58,7 @@ RESUMABLE = ("steps", "minutes", "device", "resume", "progress")
 @click.option("--best-max-duplicates", default=TrainConfig.best_max_duplicates, show_default=True, type=click.FloatRange(0, 1), help="Never keep as best.pt an evaluation where more than this share of pieces has a near-duplicate.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.pass_context
-def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path | None, preset: str, loss: str,
+def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path | None, start_from: Path | None, preset: str, loss: str,
           steps: int | None, minutes: float | None, batch_size: int, lr: float, d_lr: float | None,
           label_smoothing: float, instance_noise: float, augment_transpose: int,
           augment_shift: int, shift_in_beats: bool, r1: float, ema: float, diversity: float, closeness: float, character: float, texture: float,
@@ -70,19 +77,28 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
     Example:
       apollo train --minutes 20
       apollo train --resume runs/20260101-120000 --steps 20000
+      apollo train --from runs/20260101-120000/checkpoints/best.pt --texture 2 --minutes 30
     """
+    given = [name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
     if resume is not None:
-        changed = [name for name in ctx.params if name not in RESUMABLE
-                   and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+        changed = [name for name in given if name not in RESUMABLE]
         if changed:
             options = ", ".join("--" + name.replace("_", "-") for name in changed)
             raise click.UsageError(f"--resume continues a run with its own settings; drop {options} "
                                    "(only --steps, --minutes and --device may change)")
         run_training(TrainConfig(steps=steps, minutes=minutes, device=device), resume=resume, progress=progress)
         return
+    if start_from is not None:  # the checkpoint's settings, changed where the command line says
+        config = saved_train_config(start_from)
+        changes = {name: ctx.params[name] for name in given if hasattr(config, name) and name not in ("steps", "minutes")}
+        if "lr" in changes and "d_lr" not in changes:
+            changes["d_lr"] = default_d_lr(changes["lr"])
+        config = dataclasses.replace(config, **changes, steps=steps, minutes=minutes)
+        run_training(config, data=data, run=run, start_from=start_from, progress=progress)
+        return
     config = TrainConfig(
         preset=preset, loss=loss, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr,
-        d_lr=d_lr if d_lr is not None else lr * TrainConfig.d_lr / TrainConfig.lr,
+        d_lr=d_lr if d_lr is not None else default_d_lr(lr),
         label_smoothing=label_smoothing, instance_noise=instance_noise, augment_transpose=augment_transpose,
         augment_shift=augment_shift, shift_in_beats=shift_in_beats, r1=r1, ema=ema, diversity=diversity, closeness=closeness, character=character, texture=texture,
         chroma=chroma,

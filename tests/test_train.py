@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -20,7 +21,7 @@ from apollo.dataset import DatasetConfig, RollDataset
 from apollo.errors import ApolloError
 from apollo.model import PRESETS, Discriminator, ModelConfig
 from apollo.preprocess import preprocess
-from apollo.train import TrainConfig, latest_checkpoint, train
+from apollo.train import TrainConfig, latest_checkpoint, saved_train_config, train
 
 # Width 8 and batches of 4: every step takes milliseconds, and the loop still runs for real.
 TINY = dict(preset="tiny", batch_size=4, log_every=2, sample_every=4, eval_every=4, n_samples=2, n_eval=8,
@@ -128,6 +129,29 @@ def test_n_steps_resume_n_steps_equals_2n_steps_bit_for_bit(data, tmp_path):
     assert_identical(weights(once / "checkpoints" / "last.pt"), weights(half / "checkpoints" / "last.pt"))
     events = [json.loads(line).get("event") for line in (half / "metrics.jsonl").read_text().splitlines()]
     assert [e for e in events if e] == ["start", "stop", "resume", "stop"]
+
+
+def test_fine_tuning_goes_on_from_a_checkpoint_in_a_new_run_and_leaves_the_old_one(data, tmp_path):
+    once = train(TrainConfig(steps=6, **TINY), data=data, run=tmp_path / "once", progress=False)
+    half = train(TrainConfig(steps=3, **TINY), data=data, run=tmp_path / "half", progress=False)
+    checkpoint = half / "checkpoints" / "last.pt"
+    before = weights(checkpoint)
+    saved = saved_train_config(checkpoint)
+    # With its settings unchanged, fine-tuning is resuming in a new folder: the same weights, bit for bit.
+    same = train(dataclasses.replace(saved, steps=6), start_from=checkpoint, run=tmp_path / "same", progress=False)
+    assert_identical(weights(once / "checkpoints" / "last.pt"), weights(same / "checkpoints" / "last.pt"))
+    assert_identical(before, weights(checkpoint))  # the source run is left as it was
+    first = json.loads((same / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["event"] == "start" and first["step"] == 3
+    # With new settings it goes on with them.
+    tuned = train(dataclasses.replace(saved, steps=5, texture=1.0), start_from=checkpoint, run=tmp_path / "tuned",
+                  progress=False)
+    state = load_checkpoint(tuned / "checkpoints" / "last.pt")
+    assert state["step"] == 5 and state["train_config"]["texture"] == 1.0
+    assert any("texture_gap" in json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines())
+    with pytest.raises(ApolloError, match="style cannot change"):
+        train(dataclasses.replace(saved, style=3), start_from=checkpoint, run=tmp_path / "other", progress=False)
+    assert not (tmp_path / "other").exists()
 
 
 def test_ctrl_c_saves_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
@@ -239,7 +263,17 @@ def test_the_command_line(data, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
 
+    # Fine-tuning keeps the checkpoint's settings (batches of 4, not the default 64) but those given.
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    result = runner.invoke(cli, ["train", "--from", checkpoint, "--texture", "1", "--steps", "4", "--no-progress",
+                                 "--run", str(tmp_path / "tuned")])
+    assert result.exit_code == 0, result.output
+    tuned = load_checkpoint(tmp_path / "tuned" / "checkpoints" / "last.pt")
+    assert tuned["step"] == 4 and tuned["train_config"]["texture"] == 1.0 and tuned["train_config"]["batch_size"] == 4
+
     for bad, message in (
+        (["train", "--from", checkpoint, "--style", "3", "--run", str(tmp_path / "styled")], "style cannot change"),
+        (["train", "--from", str(tmp_path / "nope.pt")], "nope.pt"),
         ([*args, "--run-dir", str(tmp_path / "run")], "already exists"),  # --run's name under torchrun
         (["train", "--data", str(tmp_path / "nothing")], "not a finished dataset"),
         (["train", "--resume", str(tmp_path / "nope")], "no run to resume"),
