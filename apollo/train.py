@@ -386,9 +386,10 @@ def character_gap(fake: torch.Tensor, real: torch.Tensor, steps_per_beat: int) -
 
 
 def texture(rolls: torch.Tensor) -> torch.Tensor:
-    """Rolls [B, planes, P, T] as the decoder reads them -> [B, 3]: per piece, how many of its cells
-    sound, how many pitches sound together where any sounds (polyphony), and how many notes start
-    together where any starts (chord size). Smooth in the cells; exact on 0/1 cells.
+    """Rolls [B, planes, P, T] as the decoder reads them -> [B, 4]: per piece, how many of its cells
+    sound, how many pitches sound together where any sounds (polyphony), how many notes start
+    together where any starts (chord size), and how many of its cells start a note (note density).
+    Smooth in the cells; exact on 0/1 cells.
     """
     sounding, onset = sounding_and_onsets(rolls)
     # A step sounds where any pitch does: 1 - prod(1 - cell), exact on 0/1 cells.
@@ -396,12 +397,12 @@ def texture(rolls: torch.Tensor) -> torch.Tensor:
     onset_steps = (1 - (1 - onset).prod(dim=1)).sum(dim=1)
     n_sounding, n_onsets = sounding.sum(dim=(1, 2)), onset.sum(dim=(1, 2))
     return torch.stack([n_sounding / sounding[0].numel(), n_sounding / sounding_steps.clamp_min(1.0),
-                        n_onsets / onset_steps.clamp_min(1.0)], dim=1)
+                        n_onsets / onset_steps.clamp_min(1.0), n_onsets / sounding[0].numel()], dim=1)
 
 
 def texture_gap(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """A term for G to minimize: how far its pieces' texture (:func:`texture`) is from the real
-    batch's on average, relative to the real mean and averaged over the three numbers.
+    batch's on average, relative to the real mean and averaged over the four numbers.
 
     The rhythm terms move a piece's note lengths, and the cheapest way to do that is to change how
     many voices sound: with the character term, runs thinned to 3.4 voices (real 4.0) or

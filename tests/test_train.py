@@ -437,19 +437,21 @@ def _chords(voices: int, note_steps: int, sounding_steps: int = 256) -> torch.Te
     return torch.stack([_one_voice(note_steps, sounding_steps).roll(7 * v, dims=1) for v in range(voices)]).amax(dim=0)
 
 
-def test_texture_reads_fullness_voices_and_chord_size():
+def test_texture_reads_fullness_voices_chord_size_and_note_density():
     four_voices, one_voice, half_silent = _chords(4, 4), _chords(1, 2), _chords(2, 4, 128)
-    expected = [[4 / 64, 4, 4], [1 / 64, 1, 1], [2 * 128 / (64 * 256), 2, 2]]
+    expected = [[4 / 64, 4, 4, 1 / 64], [1 / 64, 1, 1, 1 / 128], [2 * 128 / (64 * 256), 2, 2, 1 / 256]]
     assert torch.allclose(train_module.texture(torch.stack([four_voices, one_voice, half_silent])), torch.tensor(expected))
     # Voices that do not start together: two sound at once, but notes start one at a time.
     staggered = _chords(1, 4) + _chords(1, 4).roll((7, 2), dims=(1, 2))
-    assert torch.allclose(train_module.texture(staggered[None]), torch.tensor([[2 / 64, 2, 1]]))
+    assert torch.allclose(train_module.texture(staggered[None]), torch.tensor([[2 / 64, 2, 1, 1 / 128]]))
 
 
 def test_texture_gap_is_zero_for_the_real_mean_and_grows_with_thinner_or_fuller_pieces():
-    real = torch.stack([_chords(4, 4), _chords(4, 2), _chords(2, 4), _chords(2, 2)])  # 3 voices on average
+    real = torch.stack([_chords(4, 4), _chords(4, 4), _chords(2, 4), _chords(2, 4)])  # 3 voices on average
     assert train_module.texture_gap(real.flip(0), real).item() == pytest.approx(0.0)
     assert train_module.texture_gap(torch.stack([_chords(3, 4)] * 4), real).item() == pytest.approx(0.0)
+    # The same texture in eighths: twice the notes, one of the four numbers off by 100 %.
+    assert train_module.texture_gap(torch.stack([_chords(3, 2)] * 4), real).item() == pytest.approx(1 / 4)
     thin, full = torch.stack([_chords(1, 4)] * 4), torch.stack([_chords(5, 4)] * 4)
     assert train_module.texture_gap(thin, real).item() == pytest.approx(2 / 3)  # a third of each number
     assert train_module.texture_gap(full, real).item() == pytest.approx(2 / 3)
