@@ -714,7 +714,7 @@ def train(
             write_json(run_dir / "config.json", {
                 "train_config": dataclasses.asdict(config), "model_config": dataclasses.asdict(model_config),
                 "dataset_config": dataset_config, "data": str(data), "device": str(device),
-                "world_size": world.size,
+                "world_size": world.size, **({"start_from": str(start_from)} if start_from is not None else {}),
             })
         # purge_step drops TensorBoard events past the checkpoint, which a resumed run redoes.
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if resume is not None else None)

@@ -143,6 +143,7 @@ def test_fine_tuning_goes_on_from_a_checkpoint_in_a_new_run_and_leaves_the_old_o
     assert_identical(before, weights(checkpoint))  # the source run is left as it was
     first = json.loads((same / "metrics.jsonl").read_text().splitlines()[0])
     assert first["event"] == "start" and first["step"] == 3
+    assert json.loads((same / "config.json").read_text())["start_from"] == str(checkpoint)
     # With new settings it goes on with them.
     tuned = train(dataclasses.replace(saved, steps=5, texture=1.0), start_from=checkpoint, run=tmp_path / "tuned",
                   progress=False)
