@@ -682,6 +682,10 @@ def train(
             D.load_state_dict(state["discriminator"])
             g_opt.load_state_dict(state["g_optimizer"])
             d_opt.load_state_dict(state["d_optimizer"])
+            # Loading brings back the saved rates; a fine-tune may have asked for others.
+            for optimizer, lr in ((g_opt, config.lr), (d_opt, config.d_lr)):
+                for group in optimizer.param_groups:
+                    group.update(lr=lr, betas=config.betas)
         except (RuntimeError, ValueError, KeyError) as error:
             raise ApolloError(f"{run_dir}: the checkpoint does not fit its model config ({str(error)[:200]})") from None
         step, best = state["step"], state.get("best_metric")

@@ -145,10 +145,11 @@ def test_fine_tuning_goes_on_from_a_checkpoint_in_a_new_run_and_leaves_the_old_o
     assert first["event"] == "start" and first["step"] == 3
     assert json.loads((same / "config.json").read_text())["start_from"] == str(checkpoint)
     # With new settings it goes on with them.
-    tuned = train(dataclasses.replace(saved, steps=5, texture=1.0), start_from=checkpoint, run=tmp_path / "tuned",
-                  progress=False)
+    tuned = train(dataclasses.replace(saved, steps=5, texture=1.0, lr=1e-4, d_lr=2e-5), start_from=checkpoint,
+                  run=tmp_path / "tuned", progress=False)
     state = load_checkpoint(tuned / "checkpoints" / "last.pt")
     assert state["step"] == 5 and state["train_config"]["texture"] == 1.0
+    assert state["g_optimizer"]["param_groups"][0]["lr"] == 1e-4 and state["d_optimizer"]["param_groups"][0]["lr"] == 2e-5
     assert any("texture_gap" in json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines())
     with pytest.raises(ApolloError, match="style cannot change"):
         train(dataclasses.replace(saved, style=3), start_from=checkpoint, run=tmp_path / "other", progress=False)
