@@ -102,7 +102,7 @@ class TrainConfig:
     diversity: float = 1.0  # weight of the term that makes G pay when its rolls differ less than real ones (0: off)
     closeness: float = 0.0  # weight of G's penalty for pairs of pieces nearly alike (0: off; docs/results.md)
     character: float = 0.0  # weight of the term that makes G pay when its pieces' rhythm varies less or more than real pieces' (0: off)
-    texture: float = 0.0  # weight of the term that makes G pay when its pieces' texture (fullness, voices, chord size) drifts from real pieces' on average (0: off)
+    texture: float = 0.0  # weight of the term that makes G pay when its pieces' texture (fullness, voices, chord size, note density) drifts from real pieces' on average (0: off)
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
