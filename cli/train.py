@@ -83,7 +83,8 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
     if resume is not None:
         changed = [name for name in given if name not in RESUMABLE]
         if changed:
-            options = ", ".join("--" + name.replace("_", "-") for name in changed)
+            flags = {param.name: param.opts[0] for param in ctx.command.params}
+            options = ", ".join(flags[name] for name in changed)
             raise click.UsageError(f"--resume continues a run with its own settings; drop {options} "
                                    "(only --steps, --minutes and --device may change)")
         run_training(TrainConfig(steps=steps, minutes=minutes, device=device), resume=resume, progress=progress)
