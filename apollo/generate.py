@@ -26,22 +26,18 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from apollo.decoding import Decoding
 from apollo.errors import ApolloError
 from apollo.instruments import instrument_program
 from apollo.io import FoundFile, write_json
 from apollo.key import draw_move
 from apollo.roll import ENCODINGS, Grid, PianoRoll
-
-# A generator leaves single cells just above the threshold, each a one-step note that chorales
-# almost never have (2 % of their notes, 16 % of a model's we trained on them); decoding drops them
-# (docs/results.md). Training evaluates with the same decoding, so "best" is what generate writes.
-MIN_LENGTH = 2
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded
     import torch
@@ -60,6 +56,7 @@ __all__ = [
     "export_model",
     "find_model",
     "generate",
+    "key_move",
     "load_model",
     "noise_tape",
     "numbered_paths",
@@ -130,6 +127,7 @@ class ModelSpec:
     n_steps: int  # steps in one generated window
     tempo: float
     key_moves: tuple[int, ...] | None = None  # trained in one key: how the corpus's chunks were moved there
+    decoding: Decoding = Decoding()  # how its probabilities become notes (apollo.decoding)
 
     @property
     def steps_per_bar(self) -> int:
@@ -147,8 +145,18 @@ class ModelSpec:
             raise ApolloError(f"the model makes {planes} plane(s) but its metadata names encoding {encoding!r}")
         tempo = float(meta.get("tempo") or data.get("tempo") or DEFAULT_TEMPO)
         moves = meta.get("key_moves")
+        try:
+            decoding = Decoding.from_dict(meta.get("decoding"))
+        except (TypeError, ValueError) as error:
+            raise ApolloError(f"the model's saved decoding is not valid: {error}") from None
         return cls(grid, encoding, int(data.get("n_steps") or model.get("n_steps", 256)), tempo,
-                   tuple(moves) if moves else None)
+                   tuple(moves) if moves else None, decoding)
+
+
+def key_move(spec: ModelSpec, seed: int) -> int:
+    """Semitones to move a piece by: for a model trained in one key, to a key of its corpus drawn
+    with the piece's seed; for any other model, 0."""
+    return draw_move(spec.key_moves, np.random.default_rng(seed)) if spec.key_moves else 0
 
 
 def load_model(choice: ModelChoice) -> tuple[Generator, ModelSpec]:
@@ -246,6 +254,7 @@ class GenerateResult:
     model: ModelChoice
     seed: int
     tempo: float
+    decoding: Decoding
     pieces: list[GeneratedPiece] = field(default_factory=list)
 
 
@@ -259,8 +268,9 @@ def generate(
     seed: int | None = None,
     bars: int | None = None,
     tempo: float | None = None,
-    threshold: float = 0.5,
-    min_length: int = MIN_LENGTH,
+    threshold: float | None = None,
+    onset_threshold: float | None = None,
+    min_length: int | None = None,
     transpose: int | None = None,
     wav: bool = False,
     png: bool = False,
@@ -274,7 +284,9 @@ def generate(
     without a seed a random one is drawn (and returned). ``bars`` defaults to one window of the
     model (16 bars). ``instrument`` is a General MIDI name, alias or program (see
     :mod:`apollo.instruments`); the MIDI carries its program and the tempo.
-    ``threshold`` and ``min_length`` decode the model's probabilities (:meth:`PianoRoll.decode`).
+    ``threshold``, ``onset_threshold`` and ``min_length`` decode the model's probabilities
+    (:class:`~apollo.decoding.Decoding`); each one left out is the model's own (its saved decoding,
+    else the defaults).
     ``wav`` renders each piece beside its MIDI file exactly as ``apollo render`` does; ``png``
     saves its piano roll. ``transpose`` moves every piece by that many semitones; left out, a model
     trained in one key (``--normalize-key``) moves each piece to a key drawn, with the piece's seed,
@@ -283,9 +295,10 @@ def generate(
     """
     if n < 1:
         raise ApolloError(f"--n must be at least 1, got {n}")
-    if not 0 < threshold < 1:
-        raise ApolloError(f"--threshold must lie strictly between 0 and 1, got {threshold}")
-    if min_length < 1:
+    for flag, value in (("--threshold", threshold), ("--onset-threshold", onset_threshold)):
+        if value is not None and not 0 < value < 1:
+            raise ApolloError(f"{flag} must lie strictly between 0 and 1, got {value}")
+    if min_length is not None and min_length < 1:
         raise ApolloError(f"--min-length must be at least 1 step, got {min_length}")
     if bars is not None and bars < 1:
         raise ApolloError(f"--bars must be at least 1, got {bars}")
@@ -300,15 +313,14 @@ def generate(
     tempo = spec.tempo if tempo is None else tempo
     bars = bars or max(1, spec.n_steps // spec.steps_per_bar)
     n_steps = bars * spec.steps_per_bar
+    given = {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length}
+    decoding = replace(spec.decoding, **{k: v for k, v in given.items() if v is not None})
 
-    result = GenerateResult(choice, seed, tempo)
+    result = GenerateResult(choice, seed, tempo, decoding)
     for i, midi_path in enumerate(numbered_paths(out, n)):
         probs = sample_probabilities(generator, n_steps, seed + i)
-        roll = PianoRoll.decode(probs, spec.encoding, spec.grid, tempo=tempo, threshold=threshold,
-                                min_length=min_length)
-        move = transpose or 0
-        if transpose is None and spec.key_moves:  # trained in one key: back to one of the corpus's
-            move = draw_move(spec.key_moves, np.random.default_rng(seed + i))
+        roll = decoding.decode(probs, spec.encoding, spec.grid, tempo)
+        move = key_move(spec, seed + i) if transpose is None else transpose
         if move:
             roll = roll.transpose(move)
         write_midi(roll, midi_path, program=instrument)
@@ -336,12 +348,14 @@ def export_model(
     provenance: dict | None = None,
     tempo: float | None = None,
     half: bool = False,
+    decoding: Decoding | None = None,
 ) -> Path:
     """Export a training checkpoint's generator as safetensors (the bundled model's format).
 
     Writes ``out`` and, beside it, ``<stem>.json`` with the provenance (command, seed, run
     summary...). ``half`` stores the weights as float16, halving the file; they are read back
-    into float32. ``tempo`` records the tempo `apollo generate` should use by default.
+    into float32. ``tempo`` records the tempo `apollo generate` should use by default, and
+    ``decoding`` the decoding (:func:`apollo.decoding.calibrate` chooses one).
     """
     import torch
 
@@ -354,6 +368,8 @@ def export_model(
         "tempo": spec.tempo if tempo is None else tempo,
         "provenance": {"source_checkpoint": Path(checkpoint).name, "step": meta.get("step"), **(provenance or {})},
     }
+    if decoding is not None:
+        extra["decoding"] = decoding.to_dict()
     meta = {k: v for k, v in meta.items() if k not in ("model_config", "apollo_version")} | extra
     if half:
         generator = generator.to(torch.float16)

@@ -243,11 +243,16 @@ class PianoRoll:
         tempo: float = 120.0,
         threshold: float = 0.5,
         min_length: int = 1,
+        onset_threshold: float | None = None,
     ) -> PianoRoll:
         """A roll from planes as :meth:`encode` makes them, or from a model's probabilities.
 
         Values above ``threshold`` count as set. With the onset encoding, an onset only counts
-        where the sounding plane is set too. A pitch that sounds for fewer than ``min_length``
+        where the sounding plane is set too, and the onset plane is read at ``onset_threshold``
+        (default: ``threshold``). A generator unsure whether to strike a held note again leaves
+        that onset cell near 0.5, and each such cell cuts one note in two; a higher onset
+        threshold keeps the note whole (docs/results.md, eighth round). A sounding run that
+        follows silence always starts a note. A pitch that sounds for fewer than ``min_length``
         consecutive steps stays silent: with 2, the single cells a generator leaves just above the
         threshold (docs/results.md) are dropped, while repeated notes within a longer sounding run
         are kept. The default, 1, keeps everything, so ``decode(roll.encode())`` is ``roll``.
@@ -266,7 +271,8 @@ class PianoRoll:
             sounding = drop_short_runs(sounding, min_length)
         cells = sounding.astype(np.uint8)
         if encoding == "onset":
-            cells[sounding & (planes[1] > threshold)] = ONSET
+            onset_threshold = threshold if onset_threshold is None else onset_threshold
+            cells[sounding & (planes[1] > onset_threshold)] = ONSET
         # Elsewhere (and for onset too) a sounding run that follows silence starts a note.
         before = np.pad(sounding, ((0, 0), (1, 0)))[:, :-1]
         cells[sounding & ~before] = ONSET

@@ -47,7 +47,7 @@ from apollo import distributed
 from apollo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset, unpack_bits
 from apollo.errors import ApolloError
-from apollo.generate import MIN_LENGTH
+from apollo.decoding import Decoding
 from apollo.image import roll_image, save_png
 from apollo.io import append_jsonl, write_json
 from apollo.key import move_histogram
@@ -454,18 +454,16 @@ def grad_norm(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def generate_rolls(generator: Generator, noise: torch.Tensor, dataset_config, batch: int = 64) -> list[PianoRoll]:
-    """Rolls from the generator in eval mode, in float32, decoded as ``apollo generate`` decodes them."""
+    """Rolls from the generator in eval mode, in float32, decoded as ``apollo generate`` decodes a
+    model without a decoding of its own (:class:`~apollo.decoding.Decoding`'s defaults)."""
     was_training = generator.training
     generator.eval()
     try:
         probs = torch.cat([generator(z).float().cpu() for z in noise.split(batch)])
     finally:
         generator.train(was_training)
-    return [
-        PianoRoll.decode(p.numpy(), dataset_config.encoding, dataset_config.grid, tempo=SAMPLE_TEMPO,
-                         min_length=MIN_LENGTH)
-        for p in probs
-    ]
+    decoding = Decoding()
+    return [decoding.decode(p.numpy(), dataset_config.encoding, dataset_config.grid, SAMPLE_TEMPO) for p in probs]
 
 
 def write_samples(rolls: list[PianoRoll], folder: Path) -> np.ndarray:

@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 from apollo.cli.render import INSTRUMENT, describe, soundfont_option
 
-from apollo.generate import MIN_LENGTH
 from apollo.instruments import instrument_name
+
+PROBABILITY = click.FloatRange(0, 1, min_open=True, max_open=True)
 
 
 @click.command()
@@ -27,10 +28,15 @@ from apollo.instruments import instrument_name
 @click.option("--seed", type=click.IntRange(min=0), help="Same seed, same files. Default: random (printed).")
 @click.option("--bars", type=click.IntRange(min=1), help="Length in bars of 4/4. Default: one window of the model (16).")
 @click.option("--tempo", type=click.FloatRange(10, 400), help="Beats per minute. Default: the model's (else 100).")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5, show_default=True,
-              help="A cell sounds where its probability is above this; lower gives more notes.")
-@click.option("--min-length", type=click.IntRange(min=1), default=MIN_LENGTH, show_default=True, metavar="STEPS",
-              help="A pitch must sound this many steps in a row; shorter flickers stay silent (1 keeps all).")
+@click.option("--threshold", type=PROBABILITY,
+              help="A cell sounds where its probability is above this; lower gives more notes. "
+              "Default: the model's own (else 0.5).")
+@click.option("--onset-threshold", type=PROBABILITY,
+              help="A held note is struck again where its onset probability is above this; higher gives "
+              "longer notes. Default: the model's own (the bundled model's: 0.65), else --threshold.")
+@click.option("--min-length", type=click.IntRange(min=1), metavar="STEPS",
+              help="A pitch must sound this many steps in a row; shorter flickers stay silent (1 keeps all). "
+              "Default: the model's own (else 2).")
 @click.option("--transpose", type=click.IntRange(-24, 24), metavar="SEMITONES",
               help="Move every piece by this many semitones. Default: a model trained in one key "
               "(--normalize-key) writes each piece in a key drawn from its corpus's keys.")
@@ -38,7 +44,8 @@ from apollo.instruments import instrument_name
 @click.option("--png", is_flag=True, help="Also save each piece's piano roll as a PNG beside it.")
 @soundfont_option
 def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int, n: int, seed: int | None,
-             bars: int | None, tempo: float | None, threshold: float, min_length: int,
+             bars: int | None, tempo: float | None, threshold: float | None, onset_threshold: float | None,
+             min_length: int | None,
              transpose: int | None, wav: bool, png: bool,
              soundfont: Path | None) -> None:
     """Generate new music as the MIDI file OUT (and a WAV and PNG beside it).
@@ -52,9 +59,9 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
     if checkpoint is not None and run is not None:
         raise click.UsageError("give --checkpoint or --run, not both")
     result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, n=n, seed=seed, bars=bars,
-                             tempo=tempo, threshold=threshold, min_length=min_length,
+                             tempo=tempo, threshold=threshold, onset_threshold=onset_threshold, min_length=min_length,
                              transpose=transpose, wav=wav, png=png, soundfont=soundfont)
-    click.echo(f"Model: {result.model}")
+    click.echo(f"Model: {result.model}; decoding: {result.decoding}")
     seeds = f"{result.seed}" if n == 1 else f"{result.seed}..{result.seed + n - 1} (one per piece)"
     click.echo(f"Seed: {seeds}; --seed {result.seed} makes the same files again")
     for piece in result.pieces:

@@ -18,15 +18,18 @@ from click.testing import CliRunner
 
 from apollo import generate as generate_module
 from apollo.checkpoint import load_generator, save_checkpoint, save_generator
+from apollo.decoding import Decoding
 from apollo.errors import ApolloError
 from apollo.generate import (
     export_model,
     find_model,
+    generate,
     noise_tape,
     numbered_paths,
     sample_probabilities,
 )
 from apollo.model import Generator, ModelConfig
+from apollo.roll import PianoRoll
 
 DATASET_CONFIG = {"grid": {"lowest_pitch": 30, "n_pitches": 64, "steps_per_beat": 4}, "encoding": "onset", "n_steps": 256}
 SECONDS_PER_BAR = 4 * 60 / 100  # 4/4 at the default tempo of 100 BPM
@@ -287,6 +290,21 @@ def test_export_model_for_bundling(models, tmp_path):
     assert next(load_generator(half)[0].parameters()).dtype == torch.float32
 
 
+def test_a_models_own_decoding_is_the_default(models, tmp_path):
+    own = Decoding(threshold=0.3, onset_threshold=0.9, min_length=1)
+    calibrated = export_model(models["pt"], tmp_path / "calibrated.safetensors", decoding=own)
+    result = generate(tmp_path / "a.mid", checkpoint=calibrated, seed=3)
+    generator, _ = load_generator(calibrated)
+    expected = PianoRoll.decode(sample_probabilities(generator, 256, 3), threshold=0.3, onset_threshold=0.9)
+    assert result.decoding == own and result.pieces[0].n_notes == expected.n_notes
+    assert expected.n_notes != PianoRoll.decode(sample_probabilities(generator, 256, 3), min_length=2).n_notes
+    # A model without one decodes as the trainer evaluates; each option given replaces one setting.
+    assert generate(tmp_path / "b.mid", checkpoint=models["pt"], seed=3).decoding == Decoding()
+    mixed = generate(tmp_path / "c.mid", checkpoint=calibrated, seed=3, threshold=0.5, min_length=2)
+    assert mixed.decoding == Decoding(0.5, 0.9, 2)
+    assert "decoding: threshold 0.3, onset threshold 0.9, min length 1" in run("--checkpoint", calibrated, tmp_path / "d.mid")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -294,6 +312,7 @@ def test_export_model_for_bundling(models, tmp_path):
         (["--threshold", "1.5"], "--threshold"),
         (["--n", "0"], "--n"),
         (["--min-length", "0"], "--min-length"),
+        (["--onset-threshold", "0"], "--onset-threshold"),
         (["--checkpoint", "x.pt", "--run", "runs/x"], "not both"),
     ],
 )

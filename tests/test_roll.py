@@ -44,6 +44,22 @@ def test_decode_min_length_drops_short_sounding_runs_only():
         PianoRoll.decode(planes, min_length=0)
 
 
+def test_onset_threshold_keeps_unsure_repeats_whole():
+    sounding, onset = np.zeros((2, 64, 16))
+    sounding[0, 0:8] = 0.9  # one held half note...
+    onset[0, 4] = 0.6  # ...whose onset plane wavers halfway: struck again, or not?
+    sounding[2, 2:6] = 0.9  # two eighths, the second struck for sure
+    onset[2, 4] = 0.95
+    sounding[4, 8:12] = 0.9  # after silence a note starts whatever its onset cell says
+    planes = np.stack([sounding, onset])
+    notes = lambda roll: list(zip(*roll.notes()))  # noqa: E731
+    assert notes(PianoRoll.decode(planes)) == [(30, 0, 4), (32, 2, 4), (30, 4, 8), (32, 4, 6), (34, 8, 12)]
+    assert notes(PianoRoll.decode(planes, onset_threshold=0.7)) == [(30, 0, 8), (32, 2, 4), (32, 4, 6), (34, 8, 12)]
+    # Below the sounding threshold, the onset threshold makes weak repeats count too.
+    onset[0, 2] = 0.4
+    assert len(PianoRoll.decode(np.stack([sounding, onset]), onset_threshold=0.3).notes()[0]) == 6
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=40), st.integers(1, 6))
 def test_drop_short_runs_keeps_exactly_the_long_runs(cells, min_length):

@@ -1,0 +1,146 @@
+"""From a generator's probabilities to notes: the decoding settings, and choosing them by measurement.
+
+A generator writes, for every cell, the probability that it sounds (and, with the onset encoding,
+that a note starts there). :class:`Decoding` says how those become a :class:`PianoRoll`: the
+threshold a cell must pass to sound, the threshold a held note's onset cell must pass to strike
+it again, and the shortest run a pitch must sound. A model carries its own decoding in its
+metadata (``apollo generate`` uses it unless told otherwise); without one, :class:`Decoding`'s
+defaults apply, the same decoding the trainer evaluates with.
+
+The thresholds are part of the model's output, so they are chosen like a checkpoint: by mean
+OA, on data that is not the reference of the reported results. :func:`calibrate` decodes one set
+of samples with each candidate, measures them against the **training split**, and keeps the
+highest mean OA among the candidates that put no metric outside the tolerance that the default
+decoding keeps inside it: calibration may not buy overlap with a metric that was right
+(docs/results.md, eighth round, calibrates the bundled model this way).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from apollo.evaluate import TOLERANCE, report
+from apollo.roll import Encoding, Grid, PianoRoll
+
+__all__ = ["MIN_LENGTH", "Decoding", "Trial", "calibrate", "candidates", "choose"]
+
+# A generator leaves single cells just above the threshold, each a one-step note that chorales
+# almost never have (2 % of their notes, 16 % of a model's we trained on them); decoding drops them
+# (docs/results.md). Training evaluates with the same decoding, so "best" is what generate writes.
+MIN_LENGTH = 2
+
+# Real training chunks miss the validation split's empty-bar rate by 40 % (silent padding after
+# short chorales; docs/results.md, "Reading the numbers"), so calibration does not ask it of a model.
+NOT_REQUIRED = ("empty_bar_rate",)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How probabilities become notes (see :meth:`PianoRoll.decode`)."""
+
+    threshold: float = 0.5  # a cell sounds above this
+    onset_threshold: float | None = None  # a held note is struck again above this; None: ``threshold``
+    min_length: int = MIN_LENGTH  # shorter runs of one pitch stay silent
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "onset_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
+        if self.min_length < 1:
+            raise ValueError(f"min_length must be at least 1 step, got {self.min_length}")
+
+    def decode(self, probabilities: np.ndarray, encoding: Encoding, grid: Grid, tempo: float) -> PianoRoll:
+        return PianoRoll.decode(probabilities, encoding, grid, tempo=tempo, threshold=self.threshold,
+                                min_length=self.min_length, onset_threshold=self.onset_threshold)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Decoding:
+        """A model's saved decoding; keys it does not know (from a later version) are ignored."""
+        values = values or {}
+        return cls(**{k: values[k] for k in ("threshold", "onset_threshold", "min_length") if k in values})
+
+    def __str__(self) -> str:
+        onset = self.threshold if self.onset_threshold is None else self.onset_threshold
+        return f"threshold {self.threshold:g}, onset threshold {onset:g}, min length {self.min_length}"
+
+
+def candidates(
+    thresholds: Iterable[float] = (0.45, 0.475, 0.5, 0.525, 0.55),
+    onset_thresholds: Iterable[float] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8),
+    min_length: int = MIN_LENGTH,
+) -> list[Decoding]:
+    """Every pairing of the thresholds, skipping onset thresholds below the sounding one."""
+    pairs = itertools.product(thresholds, onset_thresholds)
+    return [Decoding(t, o, min_length) for t, o in pairs if o >= t]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate decoding and what it measured."""
+
+    decoding: Decoding
+    mean_oa: float
+    misses: tuple[str, ...]  # checked metrics outside the tolerance, those not required included
+    report: dict
+
+    @property
+    def required_misses(self) -> set[str]:
+        return set(self.misses) - set(NOT_REQUIRED)
+
+    @property
+    def passes(self) -> bool:
+        """Every required metric within the tolerance."""
+        return not self.required_misses
+
+
+def choose(trials: Sequence[Trial], baseline: Trial) -> list[Trial]:
+    """``trials`` best first: those that miss no required metric ``baseline`` keeps within the
+    tolerance, by mean OA, then the others, by mean OA. The first is the choice."""
+
+    def rank(trial: Trial) -> tuple:
+        return (trial.required_misses <= baseline.required_misses, trial.mean_oa)
+
+    return sorted(trials, key=rank, reverse=True)
+
+
+def calibrate(
+    probabilities: Sequence[np.ndarray],
+    reference: Sequence[PianoRoll],
+    *,
+    encoding: Encoding,
+    grid: Grid,
+    tempo: float,
+    decodings: Iterable[Decoding] | None = None,
+    moves: Sequence[int] | None = None,
+    tolerance: float = TOLERANCE,
+) -> tuple[Decoding, list[Trial]]:
+    """The decoding to ship with a model, and every trial, best first (:func:`choose`).
+
+    ``probabilities`` are the model's samples (``[planes, pitches, steps]`` each); ``moves``
+    transposes each decoded sample (a model trained in one key, as ``apollo generate`` does) before
+    it is measured against ``reference``, which should be the training split. ``decodings``
+    defaults to :func:`candidates`; the default :class:`Decoding` is always tried, as the baseline.
+    """
+    moves = list(moves) if moves is not None else [0] * len(probabilities)
+    if len(moves) != len(probabilities):
+        raise ValueError(f"{len(moves)} moves for {len(probabilities)} samples")
+    decodings = list(candidates() if decodings is None else decodings)
+    if Decoding() not in decodings:
+        decodings.append(Decoding())
+    trials = []
+    for decoding in decodings:
+        rolls = [decoding.decode(p, encoding, grid, tempo) for p in probabilities]
+        rolls = [roll.transpose(move) if move else roll for roll, move in zip(rolls, moves)]
+        rep = report(rolls, reference, tolerance=tolerance)
+        misses = tuple(name for name, check in rep["checks"].items() if not check["within_tolerance"])
+        trials.append(Trial(decoding, rep["values"]["mean_oa"] or 0.0, misses, rep))
+    ranked = choose(trials, baseline=next(t for t in trials if t.decoding == Decoding()))
+    return ranked[0].decoding, ranked

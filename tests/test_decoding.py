@@ -1,0 +1,82 @@
+"""Decoding settings and their calibration on real chorales."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from apollo.decoding import Decoding, Trial, calibrate, candidates, choose
+from apollo.evaluate import chunk
+from apollo.roll import HELD, Grid, PianoRoll
+
+
+def test_decoding_checks_and_round_trips():
+    with pytest.raises(ValueError, match="onset_threshold"):
+        Decoding(onset_threshold=1.0)
+    with pytest.raises(ValueError, match="min_length"):
+        Decoding(min_length=0)
+    decoding = Decoding(0.45, 0.7, 3)
+    assert Decoding.from_dict(decoding.to_dict()) == decoding
+    assert Decoding.from_dict({"threshold": 0.4, "a_later_setting": 1}) == Decoding(threshold=0.4)
+    assert Decoding.from_dict(None) == Decoding()
+    assert str(Decoding()) == "threshold 0.5, onset threshold 0.5, min length 2"
+    assert Decoding(0.55, 0.5) not in candidates() and Decoding(0.5, 0.7) in candidates()
+
+
+@pytest.fixture(scope="module")
+def chorale_chunks(chorale_dir) -> list[PianoRoll]:
+    grid = Grid()
+    return [c for path in sorted(chorale_dir.glob("*.mid")) for c in chunk(PianoRoll.from_midi(path, grid), 128)]
+
+
+def unsure_probabilities(roll: PianoRoll) -> np.ndarray:
+    """What a generator unsure of its repeats would write for ``roll``: sure cells and onsets,
+    plus an onset probability of 0.6 on every held cell of the second half of each beat."""
+    planes = roll.encode("onset").astype(np.float32) * 0.8 + 0.1
+    wavering = (roll.cells == HELD) & (np.arange(roll.n_steps) % 4 == 2)
+    planes[1][wavering] = 0.6
+    return planes
+
+
+def test_calibration_chooses_the_decoding_that_gives_back_the_music(chorale_chunks):
+    """Decoded at 0.7, the onsets are the chorales' own; at 0.5 every wavering cell splits a note,
+    and at 0.95 no repeat survives. Calibration must pick 0.7, the only one that passes."""
+    tried = [Decoding(0.5, 0.5), Decoding(0.5, 0.95), Decoding(0.5, 0.7)]
+    probabilities = [unsure_probabilities(roll) for roll in chorale_chunks]
+    choice, trials = calibrate(probabilities, chorale_chunks, encoding="onset", grid=Grid(), tempo=100,
+                               decodings=tried)
+    assert choice == Decoding(0.5, 0.7) and trials[0].decoding == choice
+    assert Decoding() in [t.decoding for t in trials]  # the baseline is always tried
+    assert trials[0].passes and trials[0].misses == () and trials[0].mean_oa > 0.95
+    split = next(t for t in trials if t.decoding == Decoding(0.5, 0.5))
+    assert not split.passes and "note_density" in split.misses
+    assert split.report["values"]["note_density"] > 1.1 * split.report["values"]["real/note_density"]
+    merged = next(t for t in trials if t.decoding == Decoding(0.5, 0.95))
+    assert merged.report["values"]["note_density"] < merged.report["values"]["real/note_density"]
+    assert [t.mean_oa for t in trials][0] > max(split.mean_oa, merged.mean_oa)
+
+
+def test_choice_never_trades_a_metric_that_was_right_for_overlap():
+    def trial(threshold: float, mean_oa: float, *misses: str) -> Trial:
+        return Trial(Decoding(threshold), mean_oa, misses, {})
+
+    baseline = trial(0.5, 0.88, "empty_bar_rate", "note_density")
+    thicker = trial(0.4, 0.93, "note_density", "polyphony")  # best overlap, but polyphony was right
+    fuller = trial(0.45, 0.91, "note_density")  # misses only what the baseline missed
+    exact = trial(0.55, 0.89)  # passes everything, less overlap
+    assert [t.decoding.threshold for t in choose([baseline, thicker, fuller, exact], baseline)] == [0.45, 0.55, 0.5, 0.4]
+    assert exact.passes and not fuller.passes and trial(0.5, 0.9, "empty_bar_rate").passes
+    # When the baseline passes everything, so must the choice.
+    assert choose([thicker, fuller, exact], exact)[0] is exact
+
+
+def test_calibration_moves_each_sample_before_measuring(chorale_chunks):
+    """A model trained in one key is measured in the keys it writes: moved, the samples no longer
+    match their unmoved selves, so the same decoding measures lower."""
+    probabilities = [roll.encode("onset").astype(np.float32) for roll in chorale_chunks]
+    kwargs = dict(encoding="onset", grid=Grid(), tempo=100, decodings=[Decoding()])
+    _, [same] = calibrate(probabilities, chorale_chunks, **kwargs)
+    _, [moved] = calibrate(probabilities, chorale_chunks, moves=[6] * len(probabilities), **kwargs)
+    assert same.mean_oa > 0.95 and moved.mean_oa < same.mean_oa
+    with pytest.raises(ValueError, match="moves"):
+        calibrate(probabilities, chorale_chunks, moves=[0], **kwargs)
