@@ -30,7 +30,7 @@ PROBABILITY = click.FloatRange(0, 1, min_open=True, max_open=True)
 @click.option("--tempo", type=click.FloatRange(10, 400), help="Beats per minute. Default: the model's (else 100).")
 @click.option("--threshold", type=PROBABILITY,
               help="A cell sounds where its probability is above this; lower gives more notes. "
-              "Default: the model's own (else 0.5).")
+              "Default: the model's own (the bundled model's: 0.45), else 0.5.")
 @click.option("--onset-threshold", type=PROBABILITY,
               help="A held note is struck again where its onset probability is above this; higher gives "
               "longer notes. Default: the model's own (the bundled model's: 0.65), else --threshold.")
