@@ -303,6 +303,11 @@ def test_a_models_own_decoding_is_the_default(models, tmp_path):
     mixed = generate(tmp_path / "c.mid", checkpoint=calibrated, seed=3, threshold=0.5, min_length=2)
     assert mixed.decoding == Decoding(0.5, 0.9, 2)
     assert "decoding: threshold 0.3, onset threshold 0.9, min length 1" in run("--checkpoint", calibrated, tmp_path / "d.mid")
+    broken = tmp_path / "broken.safetensors"
+    save_generator(broken, generator, {"dataset_config": DATASET_CONFIG, "decoding": {"threshold": 2}})
+    result = CliRunner().invoke(cli, ["generate", "--checkpoint", str(broken), str(tmp_path / "e.mid")])
+    assert result.exit_code == 1 and "saved decoding is not valid: threshold must lie" in result.output
+    assert not (tmp_path / "e.mid").exists()
 
 
 @pytest.mark.parametrize(
