@@ -58,6 +58,12 @@ class Decoding:
         return PianoRoll.decode(probabilities, encoding, grid, tempo=tempo, threshold=self.threshold,
                                 min_length=self.min_length, onset_threshold=self.onset_threshold)
 
+    @property
+    def effective(self) -> tuple[float, float, int]:
+        """(threshold, onset threshold, min length) as applied: two decodings alike here decode alike."""
+        onset = self.threshold if self.onset_threshold is None else self.onset_threshold
+        return self.threshold, onset, self.min_length
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -68,8 +74,7 @@ class Decoding:
         return cls(**{k: values[k] for k in ("threshold", "onset_threshold", "min_length") if k in values})
 
     def __str__(self) -> str:
-        onset = self.threshold if self.onset_threshold is None else self.onset_threshold
-        return f"threshold {self.threshold:g}, onset threshold {onset:g}, min length {self.min_length}"
+        return "threshold {:g}, onset threshold {:g}, min length {}".format(*self.effective)
 
 
 def candidates(
@@ -133,7 +138,8 @@ def calibrate(
     if len(moves) != len(probabilities):
         raise ValueError(f"{len(moves)} moves for {len(probabilities)} samples")
     decodings = list(candidates() if decodings is None else decodings)
-    if Decoding() not in decodings:
+    default = Decoding().effective
+    if all(decoding.effective != default for decoding in decodings):
         decodings.append(Decoding())
     trials = []
     for decoding in decodings:
@@ -142,5 +148,5 @@ def calibrate(
         rep = report(rolls, reference, tolerance=tolerance)
         misses = tuple(name for name, check in rep["checks"].items() if not check["within_tolerance"])
         trials.append(Trial(decoding, rep["values"]["mean_oa"] or 0.0, misses, rep))
-    ranked = choose(trials, baseline=next(t for t in trials if t.decoding == Decoding()))
+    ranked = choose(trials, baseline=next(t for t in trials if t.decoding.effective == default))
     return ranked[0].decoding, ranked

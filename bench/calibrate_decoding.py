@@ -46,7 +46,7 @@ def main() -> None:
     choice, trials = calibrate(probabilities, reference, encoding=spec.encoding, grid=spec.grid,
                                tempo=spec.tempo, moves=[key_move(spec, seed) for seed in seeds])
     print(f"{args.n} samples against {len(reference)} training chunks of {args.data} ({time.perf_counter() - t0:.0f} s)")
-    baseline = next(t for t in trials if t.decoding == Decoding())
+    baseline = next(t for t in trials if t.decoding.effective == Decoding().effective)
     print("| decoding | mean OA | keeps what the default keeps | outside 10 % | notes / bar | qualified notes | polyphony |")
     print("|---|---|---|---|---|---|---|")
     for t in trials:

@@ -19,6 +19,7 @@ def test_decoding_checks_and_round_trips():
     assert Decoding.from_dict(decoding.to_dict()) == decoding
     assert Decoding.from_dict({"threshold": 0.4, "a_later_setting": 1}) == Decoding(threshold=0.4)
     assert Decoding.from_dict(None) == Decoding()
+    assert Decoding().effective == Decoding(0.5, 0.5).effective == (0.5, 0.5, 2)
     assert str(Decoding()) == "threshold 0.5, onset threshold 0.5, min length 2"
     assert Decoding(0.55, 0.5) not in candidates() and Decoding(0.5, 0.7) in candidates()
 
@@ -46,7 +47,10 @@ def test_calibration_chooses_the_decoding_that_gives_back_the_music(chorale_chun
     choice, trials = calibrate(probabilities, chorale_chunks, encoding="onset", grid=Grid(), tempo=100,
                                decodings=tried)
     assert choice == Decoding(0.5, 0.7) and trials[0].decoding == choice
-    assert Decoding() in [t.decoding for t in trials]  # the baseline is always tried
+    assert Decoding().effective in [t.decoding.effective for t in trials]  # the default is always tried, once
+    assert len(trials) == 3  # 0.5 / 0.5 decodes as the default does: not tried twice
+    _, trials = calibrate(probabilities, chorale_chunks, encoding="onset", grid=Grid(), tempo=100, decodings=tried[1:])
+    assert len(trials) == 3 and Decoding() in [t.decoding for t in trials]
     assert trials[0].passes and trials[0].misses == () and trials[0].mean_oa > 0.95
     split = next(t for t in trials if t.decoding == Decoding(0.5, 0.5))
     assert not split.passes and "note_density" in split.misses
