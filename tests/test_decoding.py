@@ -49,8 +49,8 @@ def test_calibration_chooses_the_decoding_that_gives_back_the_music(chorale_chun
     assert choice == Decoding(0.5, 0.7) and trials[0].decoding == choice
     assert Decoding().effective in [t.decoding.effective for t in trials]  # the default is always tried, once
     assert len(trials) == 3  # 0.5 / 0.5 decodes as the default does: not tried twice
-    _, trials = calibrate(probabilities, chorale_chunks, encoding="onset", grid=Grid(), tempo=100, decodings=tried[1:])
-    assert len(trials) == 3 and Decoding() in [t.decoding for t in trials]
+    _, others = calibrate(probabilities, chorale_chunks, encoding="onset", grid=Grid(), tempo=100, decodings=tried[1:])
+    assert len(others) == 3 and Decoding() in [t.decoding for t in others]
     assert trials[0].passes and trials[0].misses == () and trials[0].mean_oa > 0.95
     split = next(t for t in trials if t.decoding == Decoding(0.5, 0.5))
     assert not split.passes and "note_density" in split.misses
