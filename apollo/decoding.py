@@ -78,7 +78,7 @@ class Decoding:
 
 
 def candidates(
-    thresholds: Iterable[float] = (0.45, 0.475, 0.5, 0.525, 0.55),
+    thresholds: Iterable[float] = (0.4, 0.425, 0.45, 0.475, 0.5, 0.525, 0.55),
     onset_thresholds: Iterable[float] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8),
     min_length: int = MIN_LENGTH,
 ) -> list[Decoding]:
