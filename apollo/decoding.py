@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class Decoding:
     def from_dict(cls, values: dict | None) -> Decoding:
         """A model's saved decoding; keys it does not know (from a later version) are ignored."""
         values = values or {}
-        return cls(**{k: values[k] for k in ("threshold", "onset_threshold", "min_length") if k in values})
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def __str__(self) -> str:
         return "threshold {:g}, onset threshold {:g}, min length {}".format(*self.effective)
