@@ -127,7 +127,7 @@ class ModelSpec:
     n_steps: int  # steps in one generated window
     tempo: float
     key_moves: tuple[int, ...] | None = None  # trained in one key: how the corpus's chunks were moved there
-    decoding: Decoding = Decoding()  # how its probabilities become notes (apollo.decoding)
+    decoding: Decoding = field(default_factory=Decoding)  # how its probabilities become notes (apollo.decoding)
 
     @property
     def steps_per_bar(self) -> int:

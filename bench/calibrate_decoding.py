@@ -20,11 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 from apollo.decoding import Decoding, calibrate
+from apollo.errors import ApolloError
 from apollo.evaluate import load_rolls
-from apollo.generate import export_model, find_model, key_move, load_model, sample_probabilities
+from apollo.generate import (
+    export_model,
+    find_model,
+    key_move,
+    load_model,
+    sample_probabilities,
+)
 
 FIRST_SEED = 100_000
 
@@ -37,6 +46,13 @@ def main() -> None:
     parser.add_argument("--export", help="export the model with the chosen decoding to this .safetensors file")
     parser.add_argument("--provenance", help="JSON of an earlier export whose provenance the export keeps")
     args = parser.parse_args()
+
+    provenance = {}
+    if args.provenance:  # read first: a bad file should not cost a calibration
+        try:
+            provenance = json.loads(Path(args.provenance).read_text())["provenance"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ApolloError(f"{args.provenance}: no provenance to keep ({error})") from None
 
     t0 = time.perf_counter()
     generator, spec = load_model(find_model(args.checkpoint))
@@ -56,7 +72,6 @@ def main() -> None:
               + " | ".join(f"{values[k]:.2f} ({real[k]:.2f})" for k in real) + " |")
     print(f"chosen: {choice}")
     if args.export:
-        provenance = json.loads(open(args.provenance).read())["provenance"] if args.provenance else {}
         provenance["decoding"] = (f"chosen by bench/calibrate_decoding.py on {args.n} samples against the "
                                   f"training split of {args.data}: {choice}")
         export_model(args.checkpoint, args.export, provenance=provenance, decoding=choice)
@@ -64,4 +79,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ApolloError as error:
+        sys.exit(f"error: {error}")

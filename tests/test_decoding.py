@@ -57,7 +57,7 @@ def test_calibration_chooses_the_decoding_that_gives_back_the_music(chorale_chun
     assert split.report["values"]["note_density"] > 1.1 * split.report["values"]["real/note_density"]
     merged = next(t for t in trials if t.decoding == Decoding(0.5, 0.95))
     assert merged.report["values"]["note_density"] < merged.report["values"]["real/note_density"]
-    assert [t.mean_oa for t in trials][0] > max(split.mean_oa, merged.mean_oa)
+    assert trials[0].mean_oa > max(split.mean_oa, merged.mean_oa)
 
 
 def test_choice_never_trades_a_metric_that_was_right_for_overlap():
@@ -78,7 +78,7 @@ def test_calibration_moves_each_sample_before_measuring(chorale_chunks):
     """A model trained in one key is measured in the keys it writes: moved, the samples no longer
     match their unmoved selves, so the same decoding measures lower."""
     probabilities = [roll.encode("onset").astype(np.float32) for roll in chorale_chunks]
-    kwargs = dict(encoding="onset", grid=Grid(), tempo=100, decodings=[Decoding()])
+    kwargs = {"encoding": "onset", "grid": Grid(), "tempo": 100, "decodings": [Decoding()]}
     _, [same] = calibrate(probabilities, chorale_chunks, **kwargs)
     _, [moved] = calibrate(probabilities, chorale_chunks, moves=[6] * len(probabilities), **kwargs)
     assert same.mean_oa > 0.95 and moved.mean_oa < same.mean_oa
