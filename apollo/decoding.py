@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from apollo.evaluate import TOLERANCE, report
 from apollo.roll import Encoding, Grid, PianoRoll
 
 __all__ = ["MIN_LENGTH", "Decoding", "Trial", "calibrate", "candidates", "choose"]
@@ -125,7 +124,7 @@ def calibrate(
     tempo: float,
     decodings: Iterable[Decoding] | None = None,
     moves: Sequence[int] | None = None,
-    tolerance: float = TOLERANCE,
+    tolerance: float | None = None,
 ) -> tuple[Decoding, list[Trial]]:
     """The decoding to ship with a model, and every trial, best first (:func:`choose`).
 
@@ -133,7 +132,12 @@ def calibrate(
     transposes each decoded sample (a model trained in one key, as ``apollo generate`` does) before
     it is measured against ``reference``, which should be the training split. ``decodings``
     defaults to :func:`candidates`; the default :class:`Decoding` is always tried, as the baseline.
+    ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`.
     """
+    # Imported here: `apollo generate` reads Decoding and should not load the evaluation code.
+    from apollo.evaluate import TOLERANCE, report
+
+    tolerance = TOLERANCE if tolerance is None else tolerance
     moves = list(moves) if moves is not None else [0] * len(probabilities)
     if len(moves) != len(probabilities):
         raise ValueError(f"{len(moves)} moves for {len(probabilities)} samples")
