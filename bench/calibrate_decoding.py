@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--export", help="export the model with the chosen decoding to this .safetensors file")
     parser.add_argument("--provenance", help="JSON of an earlier export whose provenance the export keeps")
     args = parser.parse_args()
+    if args.n < 1:
+        parser.error(f"-n must be at least 1, got {args.n}")
 
     provenance = {}
     if args.provenance:  # read first: a bad file should not cost a calibration
