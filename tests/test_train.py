@@ -363,7 +363,7 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     older = ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine",
-             "style", "pitch_bias", "best_max_duplicates", "closeness", "character", "texture")
+             "style", "pitch_bias", "best_max_duplicates", "closeness", "character", "texture", "ending")
     for key in older:  # what an older Apollo wrote
         del state["train_config"][key]
         state["model_config"].pop(key, None)
@@ -462,6 +462,28 @@ def test_texture_gap_is_zero_for_the_real_mean_and_grows_with_thinner_or_fuller_
     assert fake.grad.abs().sum() > 0
 
 
+def test_bar_fullness_reads_each_bar_and_silence_as_zero():
+    ends_halfway = _chords(4, 4, sounding_steps=128)
+    assert torch.allclose(train_module.bar_fullness(ends_halfway[None], steps_per_bar=16),
+                          torch.tensor([[4 / 64] * 8 + [0.0] * 8]))
+
+
+def test_ending_gap_is_zero_for_real_endings_and_grows_without_them():
+    full, ends_halfway = _chords(4, 4), _chords(4, 4, sounding_steps=128)
+    real = torch.stack([full, full, ends_halfway, ends_halfway])  # half the pieces fall silent after bar 8
+    assert train_module.ending_gap(real.flip(0), real, steps_per_bar=16).item() == pytest.approx(0.0)
+    # Every piece sounds to its end: the last 8 bars are twice as full as real ones on average and
+    # do not spread at all, so 16 of the 32 numbers are off by 100 %.
+    assert train_module.ending_gap(torch.stack([full] * 4), real, steps_per_bar=16).item() == pytest.approx(0.5)
+    # Every piece thinned to two voices instead: the last bars' mean is met, their spread is not,
+    # and the first bars are half as full.
+    thin = torch.stack([_chords(2, 4)] * 4)
+    assert train_module.ending_gap(thin, real, steps_per_bar=16).item() == pytest.approx((8 * 0.5 + 8 * 1.0) / 32)
+    fake = thin.clone().requires_grad_(True)
+    train_module.ending_gap(fake, real, steps_per_bar=16).backward()
+    assert fake.grad.abs().sum() > 0
+
+
 def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
     assert train_module.uncertainty(torch.tensor([0.0, 1.0, 1.0, 0.0])).item() == 0.0
     assert train_module.uncertainty(torch.full((4,), 0.5)).item() == 1.0
@@ -470,13 +492,14 @@ def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
 
 def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
     run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0, character=1.0,
-                            texture=1.0, **TINY), data=data,
+                            texture=1.0, ending=1.0, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert 0 <= next(row["character_gap"] for row in logged if "character_gap" in row) <= 1
     assert next(row["texture_gap"] for row in logged if "texture_gap" in row) >= 0
+    assert next(row["ending_gap"] for row in logged if "ending_gap" in row) >= 0
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
