@@ -363,7 +363,7 @@ def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, 
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
     older = ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine",
-             "style", "pitch_bias", "best_max_duplicates", "closeness", "character", "texture", "ending")
+             "style", "pitch_bias", "best_max_duplicates", "closeness", "character", "texture", "ending", "lengths")
     for key in older:  # what an older Apollo wrote
         del state["train_config"][key]
         state["model_config"].pop(key, None)
@@ -462,6 +462,26 @@ def test_texture_gap_is_zero_for_the_real_mean_and_grows_with_thinner_or_fuller_
     assert fake.grad.abs().sum() > 0
 
 
+def test_short_notes_counts_notes_under_three_steps_and_skips_what_the_decoder_drops():
+    count = lambda roll: tuple(int(n) for n in train_module.short_notes(roll[None]))
+    assert count(_one_voice(2)) == (128, 128)  # eighths: every note short
+    assert count(_one_voice(4)) == (0, 64)  # quarters: none
+    assert count(_one_voice(3)) == (0, 85)  # three steps is qualified; the 86th note, cut to one step, is none
+    assert count(_one_voice(1)) == (0, 0)  # one-step sounds are dropped by the decoder, so are no notes
+    mixed = _one_voice(2, sounding_steps=128) + _one_voice(8).roll(20, dims=1)  # another pitch, in half notes
+    assert count(mixed) == (64, 64 + 32)
+
+
+def test_length_gap_is_zero_for_the_real_mix_and_grows_with_fewer_short_notes():
+    real = torch.stack([_one_voice(2), _one_voice(4)])  # 128 short notes of 192
+    assert train_module.length_gap(real.flip(0), real).item() == pytest.approx(0.0)
+    assert train_module.length_gap(torch.stack([_one_voice(4)] * 2), real).item() == pytest.approx(1.0)
+    assert train_module.length_gap(torch.stack([_one_voice(2)] * 2), real).item() == pytest.approx(0.5)
+    fake = torch.stack([_one_voice(2), _one_voice(4)]).mul(0.9).requires_grad_(True)
+    train_module.length_gap(fake, torch.stack([_one_voice(2)] * 2)).backward()
+    assert fake.grad.abs().sum() > 0
+
+
 def test_bar_fullness_reads_each_bar_and_silence_as_zero():
     ends_halfway = _chords(4, 4, sounding_steps=128)
     assert torch.allclose(train_module.bar_fullness(ends_halfway[None], steps_per_bar=16),
@@ -492,7 +512,7 @@ def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
 
 def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
     run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0, character=1.0,
-                            texture=1.0, ending=1.0, **TINY), data=data,
+                            texture=1.0, ending=1.0, lengths=1.0, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
@@ -500,6 +520,7 @@ def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and
     assert 0 <= next(row["character_gap"] for row in logged if "character_gap" in row) <= 1
     assert next(row["texture_gap"] for row in logged if "texture_gap" in row) >= 0
     assert next(row["ending_gap"] for row in logged if "ending_gap" in row) >= 0
+    assert next(row["length_gap"] for row in logged if "length_gap" in row) >= 0
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
