@@ -909,9 +909,9 @@ def train(
                 texture_drift = texture_gap(fake.float(), real.float()) if config.texture else torch.zeros((), device=device)
                 if config.texture:
                     g_loss = g_loss + config.texture * texture_drift
-                short_gap = length_gap(fake.float(), real.float()) if config.lengths else torch.zeros((), device=device)
+                length_drift = length_gap(fake.float(), real.float()) if config.lengths else torch.zeros((), device=device)
                 if config.lengths:
-                    g_loss = g_loss + config.lengths * short_gap
+                    g_loss = g_loss + config.lengths * length_drift
                 silence_gap = ending_gap(fake.float(), real.float(), steps_per_bar) if config.ending else torch.zeros((), device=device)
                 if config.ending:
                     g_loss = g_loss + config.ending * silence_gap
@@ -929,7 +929,7 @@ def train(
             stats += torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
                                   as_prob(fake_scores.detach()).mean(), penalty.detach(), shortfall.detach(),
                                   rhythm_gap.detach(), texture_drift.detach(), silence_gap.detach(),
-                                  short_gap.detach()])
+                                  length_drift.detach()])
             n_stats += 1
             bar.update(1)
             if log_now and world.main:
