@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -448,7 +448,8 @@ def length_gap(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 def bar_fullness(rolls: torch.Tensor, steps_per_bar: int) -> torch.Tensor:
     """Rolls [B, planes, P, T] -> [B, T // steps_per_bar]: per piece, the share of each bar's
     cells that sound. 0 for a silent bar; smooth in the cells."""
-    sounding = rolls[:, 0, :, : rolls.shape[-1] // steps_per_bar * steps_per_bar]
+    sounding, _ = sounding_and_onsets(rolls)
+    sounding = sounding[..., : rolls.shape[-1] // steps_per_bar * steps_per_bar]
     return sounding.unflatten(-1, (-1, steps_per_bar)).mean(dim=(1, 3))
 
 
@@ -819,6 +820,10 @@ def train(
     beat = train_set.config.grid.steps_per_beat
     steps_per_bar = BEATS_PER_BAR * beat
 
+    def measured(weight: float, term: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A term of G's loss, computed only where its weight is not 0 (else 0)."""
+        return term() if weight else torch.zeros((), device=device)
+
     def seen_by_d(rolls: torch.Tensor) -> torch.Tensor:
         """What the discriminator is shown: real or fake rolls alike, moved at random in pitch
         and in time and blurred by instance noise, as far as the config asks for it."""
@@ -896,25 +901,20 @@ def train(
             D_plain.requires_grad_(False)
             with autocast:
                 g_loss = generator_loss(kind, D_plain(seen_by_d(fake).contiguous(memory_format=layout)).float())
-                shortfall = diversity_shortfall(fake.float(), real.float()) if config.diversity else torch.zeros((), device=device)
-                if config.diversity:
-                    g_loss = g_loss + config.diversity * shortfall
-                if config.confidence:
-                    g_loss = g_loss + config.confidence * uncertainty(probs.float())
-                if config.closeness:
-                    g_loss = g_loss + config.closeness * closeness(fake.float())
-                rhythm_gap = character_gap(fake.float(), real.float(), beat) if config.character else torch.zeros((), device=device)
-                if config.character:
-                    g_loss = g_loss + config.character * rhythm_gap
-                texture_drift = texture_gap(fake.float(), real.float()) if config.texture else torch.zeros((), device=device)
-                if config.texture:
-                    g_loss = g_loss + config.texture * texture_drift
-                length_drift = length_gap(fake.float(), real.float()) if config.lengths else torch.zeros((), device=device)
-                if config.lengths:
-                    g_loss = g_loss + config.lengths * length_drift
-                silence_gap = ending_gap(fake.float(), real.float(), steps_per_bar) if config.ending else torch.zeros((), device=device)
-                if config.ending:
-                    g_loss = g_loss + config.ending * silence_gap
+                fake_cells, real_cells = fake.float(), real.float()
+                # Each term is measured only where its weight is not 0; the logged ones read 0 then.
+                shortfall = measured(config.diversity, lambda: diversity_shortfall(fake_cells, real_cells))
+                rhythm_gap = measured(config.character, lambda: character_gap(fake_cells, real_cells, beat))
+                texture_drift = measured(config.texture, lambda: texture_gap(fake_cells, real_cells))
+                length_drift = measured(config.lengths, lambda: length_gap(fake_cells, real_cells))
+                silence_gap = measured(config.ending, lambda: ending_gap(fake_cells, real_cells, steps_per_bar))
+                for weight, value in ((config.diversity, shortfall),
+                                      (config.confidence, measured(config.confidence, lambda: uncertainty(probs.float()))),
+                                      (config.closeness, measured(config.closeness, lambda: closeness(fake_cells))),
+                                      (config.character, rhythm_gap), (config.texture, texture_drift),
+                                      (config.lengths, length_drift), (config.ending, silence_gap)):
+                    if weight:
+                        g_loss = g_loss + weight * value
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             if log_now:
