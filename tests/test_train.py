@@ -21,6 +21,7 @@ from apollo.dataset import DatasetConfig, RollDataset
 from apollo.errors import ApolloError
 from apollo.model import PRESETS, Discriminator, ModelConfig
 from apollo.preprocess import preprocess
+from apollo.roll import PianoRoll
 from apollo.train import TrainConfig, latest_checkpoint, saved_train_config, train
 
 # Width 8 and batches of 4: every step takes milliseconds, and the loop still runs for real.
@@ -342,7 +343,6 @@ def test_r1_and_the_moving_average_train_resume_exactly_and_sample(data, tmp_pat
 
 def test_the_discriminator_sees_generated_planes_as_they_decode(data):
     from apollo.dataset import RollDataset
-    from apollo.roll import PianoRoll
 
     real = RollDataset(data, split="train")
     planes = torch.from_numpy(np.stack([roll.encode("onset") for roll in real.rolls(range(len(real)))])).float()
@@ -482,6 +482,44 @@ def test_length_gap_is_zero_for_the_real_mix_and_grows_with_fewer_short_notes():
     assert fake.grad.abs().sum() > 0
 
 
+def test_length_mix_sorts_notes_into_mgevals_length_classes():
+    # Classes in steps: 1, 2, 3, 4-5, 6-7, 8-11, 12-15, 16 and longer.
+    mix = train_module.length_mix(torch.stack([_one_voice(2), _one_voice(3), _one_voice(6), _one_voice(32),
+                                               torch.zeros(2, 64, 256)]), steps_per_beat=4)
+    assert torch.allclose(mix, torch.tensor([[0, 1.0, 0, 0, 0, 0, 0, 0],
+                                             [1 / 86, 0, 85 / 86, 0, 0, 0, 0, 0],  # the last note is cut to 1 step
+                                             [0, 0, 0, 1 / 43, 42 / 43, 0, 0, 0],  # ... to 4 steps
+                                             [0, 0, 0, 0, 0, 0, 0, 1.0], [0.0] * 8]))
+
+
+def test_length_mix_of_real_chorales_is_mgevals_note_length_histogram(data):
+    from apollo.mgeval import note_length_histogram
+
+    dataset = RollDataset(data, "train")
+    planes = dataset.planes(range(8))
+    mix = train_module.length_mix(torch.from_numpy(planes).float(), steps_per_beat=dataset.config.grid.steps_per_beat)
+    for piece, cells in zip(mix, planes):
+        histogram = note_length_histogram(PianoRoll.decode(cells, "onset", dataset.config.grid))
+        expected = np.append(histogram[:7], histogram[7:].sum())  # a bar or longer: one class
+        assert np.allclose(piece.numpy(), expected, atol=1e-6)
+
+
+def test_length_mix_gap_is_zero_for_the_real_mix_and_counts_the_mean_and_the_spread():
+    real = torch.stack([_one_voice(2), _one_voice(4)])  # half the pieces in eighths, half in quarters
+    assert train_module.length_mix_gap(real.flip(0), real, steps_per_beat=4).item() == pytest.approx(0.0)
+    # Every piece half eighths, half quarters: the mean is met, the spread of both classes is not.
+    mixed = _one_voice(2, sounding_steps=128) + _one_voice(4).roll(20, dims=1)
+    spread = torch.tensor([1.0, 0.0]).std().item()  # of each class's share over the real pieces
+    assert train_module.length_mix_gap(torch.stack([mixed] * 2), real, steps_per_beat=4).item() == \
+        pytest.approx(2 * spread, rel=1e-5)
+    # Every piece in quarters: half the notes in the wrong class, on both sides, and no spread.
+    quarters = torch.stack([_one_voice(4)] * 2)
+    assert train_module.length_mix_gap(quarters, real, steps_per_beat=4).item() == pytest.approx(1.0 + 2 * spread, rel=1e-5)
+    fake = torch.stack([mixed, _one_voice(4)]).mul(0.9).requires_grad_(True)
+    train_module.length_mix_gap(fake, real, steps_per_beat=4).backward()
+    assert fake.grad.abs().sum() > 0
+
+
 def test_bar_fullness_reads_each_bar_and_silence_as_zero():
     ends_halfway = _chords(4, 4, sounding_steps=128)
     assert torch.allclose(train_module.bar_fullness(ends_halfway[None], steps_per_bar=16),
@@ -512,7 +550,7 @@ def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
 
 def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
     run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0, character=1.0,
-                            texture=1.0, ending=1.0, lengths=1.0, **TINY), data=data,
+                            texture=1.0, ending=1.0, lengths=1.0, length_mix=1.0, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
@@ -521,6 +559,7 @@ def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and
     assert next(row["texture_gap"] for row in logged if "texture_gap" in row) >= 0
     assert next(row["ending_gap"] for row in logged if "ending_gap" in row) >= 0
     assert next(row["length_gap"] for row in logged if "length_gap" in row) >= 0
+    assert next(row["length_mix_gap"] for row in logged if "length_mix_gap" in row) >= 0
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
