@@ -871,7 +871,7 @@ def train(
         ("texture_gap", config.texture, lambda fake, real, probs: texture_gap(fake, real)),
         ("length_gap", config.lengths, lambda fake, real, probs: length_gap(fake, real)),
         ("ending_gap", config.ending, lambda fake, real, probs: ending_gap(fake, real, steps_per_bar)),
-        ("uncertainty", config.confidence, lambda fake, real, probs: uncertainty(probs)),
+        ("uncertainty", config.confidence, lambda fake, real, probs: uncertainty(probs.float())),
         ("closeness", config.closeness, lambda fake, real, probs: closeness(fake)),
         ("length_mix_gap", config.length_mix, lambda fake, real, probs: length_mix_gap(fake, real, beat)),
     ) if weight]
@@ -954,7 +954,7 @@ def train(
             with autocast:
                 g_loss = generator_loss(kind, D_plain(seen_by_d(fake).contiguous(memory_format=layout)).float())
                 fake_cells, real_cells = fake.float(), real.float()
-                terms = [term(fake_cells, real_cells, probs.float()) for _, _, term in g_terms]
+                terms = [term(fake_cells, real_cells, probs) for _, _, term in g_terms]
                 for (_, weight, _), value in zip(g_terms, terms):
                     g_loss = g_loss + weight * value
             g_opt.zero_grad(set_to_none=True)
