@@ -68,7 +68,7 @@ OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats"
                      "chroma": False, "rhythm": False, "refine": False, "confidence": 0.0, "style": 0,
                      "pitch_bias": False, "best_max_duplicates": 1.0, "closeness": 0.0,
                      "character": 0.0, "texture": 0.0, "ending": 0.0, "lengths": 0.0,
-                     "length_mix": 0.0}
+                     "length_mix": 0.0, "silence": 0.0}
 # Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
 MODEL_SHAPING = ("preset", "loss", "chroma", "rhythm", "refine", "style", "pitch_bias")
 CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
@@ -109,6 +109,7 @@ class TrainConfig:
     lengths: float = 0.0  # weight of the term that makes G pay when its share of short notes differs from real pieces' (0: off)
     length_mix: float = 0.0  # weight of the term that makes G pay when its pieces' mix of note lengths differs from real pieces', on average or in spread (0: off)
     ending: float = 0.0  # weight of the term that makes G pay when its pieces fall silent bar by bar less or more often than real pieces (0: off)
+    silence: float = 0.0  # weight of the term that makes G pay when its bars are silent less or more often than real bars, bar by bar (0: off)
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
@@ -513,6 +514,34 @@ def ending_gap(fake: torch.Tensor, real: torch.Tensor, steps_per_bar: int) -> to
     return ((fake_stats - real_stats).abs() / real_stats.clamp_min(1e-6)).mean()
 
 
+# A bar with this many sounding cells counts as 1/e silent: a lone half note is 0.37, a full
+# four-voice bar (64 cells) nothing.
+SILENCE_CELLS = 8.0
+
+
+def bar_silence(rolls: torch.Tensor, steps_per_bar: int) -> torch.Tensor:
+    """Rolls [B, planes, P, T] as the decoder reads them -> [B, T // steps_per_bar]: per piece, how
+    silent each bar is, ``exp(-sounding cells / SILENCE_CELLS)``: 1 for a silent bar, near 0 for a
+    full one, and in between for a bar that holds a note or two. Smooth in the cells."""
+    cells_per_bar = rolls.shape[2] * steps_per_bar
+    return torch.exp(-bar_fullness(rolls, steps_per_bar) * cells_per_bar / SILENCE_CELLS)
+
+
+def silence_gap(fake: torch.Tensor, real: torch.Tensor, steps_per_bar: int) -> torch.Tensor:
+    """A term for G to minimize: how far the share of its pieces silent in each bar
+    (:func:`bar_silence`) is from the real batch's, summed over the bars, relative to the real sum.
+
+    The ending term reads how full each bar is, and a bar holding one lingering note is nearly as
+    empty as a silent one: the generator's endings faded out, 8 % of its bars 9 to 16 holding a
+    note or two where chorale chunks have under 1 % (they end on a full chord, then silence), and
+    the empty-bar rate stayed short (docs/results.md, "Tenth round"). Here such a bar counts as
+    barely silent, and its notes pay until they go.
+    """
+    fake_silent = bar_silence(fake, steps_per_bar).mean(dim=0)
+    real_silent = bar_silence(real, steps_per_bar).mean(dim=0)
+    return (fake_silent - real_silent).abs().sum() / real_silent.sum().clamp_min(1e-6)
+
+
 def pair_spread(rolls: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference per cell between the first and the second half of a batch."""
     half = len(rolls) // 2
@@ -874,6 +903,7 @@ def train(
         ("uncertainty", config.confidence, lambda fake, real, probs: uncertainty(probs.float())),
         ("closeness", config.closeness, lambda fake, real, probs: closeness(fake)),
         ("length_mix_gap", config.length_mix, lambda fake, real, probs: length_mix_gap(fake, real, beat)),
+        ("silence_gap", config.silence, lambda fake, real, probs: silence_gap(fake, real, steps_per_bar)),
     ) if weight]
 
     def seen_by_d(rolls: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ def default_d_lr(lr: float) -> float:
 @click.option("--lengths", default=TrainConfig.lengths, show_default=True, type=click.FloatRange(min=0), help="Weight of the generator's penalty for a share of short notes (under 3 steps) other than real pieces' (0: off).")
 @click.option("--length-mix", default=TrainConfig.length_mix, show_default=True, type=click.FloatRange(min=0), help="Weight of the generator's penalty for pieces whose mix of note lengths (MGEval's classes, sixteenth to whole) differs from real pieces', on average or in its spread from piece to piece (0: off).")
 @click.option("--ending", default=TrainConfig.ending, show_default=True, type=click.FloatRange(min=0), help="Weight of the generator's penalty for pieces that fall silent bar by bar less or more often than real pieces (how full each bar is: mean and spread over the batch; 0: off).")
+@click.option("--silence", default=TrainConfig.silence, show_default=True, type=click.FloatRange(min=0), help="Weight of the generator's penalty for bars silent less or more often than real pieces' bar by bar, where a bar holding a note or two counts as barely silent (0: off).")
 @click.option("--texture", default=TrainConfig.texture, show_default=True, type=click.FloatRange(min=0), help="Weight of the generator's penalty for pieces whose texture (share of cells sounding, voices sounding together, notes starting together, notes per cell) differs on average from real pieces' (0: off).")
 @click.option("--character", default=TrainConfig.character, show_default=True, type=click.FloatRange(min=0), help="Weight of the generator's penalty for pieces whose rhythm (note lengths, onsets between beats, fullness) varies from piece to piece less, or more, than real pieces' does (0: off).")
 @click.option("--style", default=TrainConfig.style, show_default=True, type=click.IntRange(min=0), help="Numbers the generator reads from the whole noise and gives to every position, for what concerns the whole piece, such as where it ends (0: off).")
@@ -64,7 +65,7 @@ def default_d_lr(lr: float) -> float:
 def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path | None, start_from: Path | None, preset: str, loss: str,
           steps: int | None, minutes: float | None, batch_size: int, lr: float, d_lr: float | None,
           label_smoothing: float, instance_noise: float, augment_transpose: int,
-          augment_shift: int, shift_in_beats: bool, r1: float, ema: float, diversity: float, closeness: float, character: float, texture: float, ending: float, lengths: float, length_mix: float,
+          augment_shift: int, shift_in_beats: bool, r1: float, ema: float, diversity: float, closeness: float, character: float, texture: float, ending: float, lengths: float, length_mix: float, silence: float,
           chroma: bool,
           rhythm: bool, refine: bool, style: int, pitch_bias: bool, confidence: float, binarize: bool,
           device: str,
@@ -104,7 +105,7 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
         preset=preset, loss=loss, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr,
         d_lr=d_lr if d_lr is not None else default_d_lr(lr),
         label_smoothing=label_smoothing, instance_noise=instance_noise, augment_transpose=augment_transpose,
-        augment_shift=augment_shift, shift_in_beats=shift_in_beats, r1=r1, ema=ema, diversity=diversity, closeness=closeness, character=character, texture=texture, ending=ending, lengths=lengths, length_mix=length_mix,
+        augment_shift=augment_shift, shift_in_beats=shift_in_beats, r1=r1, ema=ema, diversity=diversity, closeness=closeness, character=character, texture=texture, ending=ending, lengths=lengths, length_mix=length_mix, silence=silence,
         chroma=chroma,
         rhythm=rhythm, refine=refine, style=style, pitch_bias=pitch_bias, confidence=confidence, binarize=binarize, device=device, seed=seed,
         sample_every=sample_every, eval_every=eval_every, best_max_duplicates=best_max_duplicates,

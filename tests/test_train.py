@@ -542,6 +542,33 @@ def test_ending_gap_is_zero_for_real_endings_and_grows_without_them():
     assert fake.grad.abs().sum() > 0
 
 
+def test_bar_silence_is_one_for_a_silent_bar_and_counts_a_lingering_note_as_barely_silent():
+    ends_halfway = _chords(4, 4, sounding_steps=128)
+    lingering = ends_halfway.clone()
+    lingering[0, 10, 128:144] = 1  # one note held through bar 9
+    lingering[1, 10, 128] = 1
+    silence = train_module.bar_silence(torch.stack([ends_halfway, lingering]), steps_per_bar=16)
+    assert torch.allclose(silence[0], torch.tensor([float(np.exp(-64 / 8))] * 8 + [1.0] * 8))
+    assert silence[1, 8].item() == pytest.approx(np.exp(-16 / 8)) and torch.equal(silence[1, 9:], silence[0, 9:])
+
+
+def test_silence_gap_is_zero_for_real_endings_and_makes_lingering_notes_pay():
+    full, ends_halfway = _chords(4, 4), _chords(4, 4, sounding_steps=128)
+    real = torch.stack([full, full, ends_halfway, ends_halfway])
+    assert train_module.silence_gap(real.flip(0), real, steps_per_bar=16).item() == pytest.approx(0.0, abs=1e-6)
+    # No piece ends: all of the real silence is missing.
+    assert train_module.silence_gap(torch.stack([full] * 4), real, steps_per_bar=16).item() == pytest.approx(1.0, abs=2e-3)
+    # Endings that fade: one note lingers in every bar after the chord stops.
+    fading = ends_halfway.clone()
+    fading[0, 10, 128:] = 1
+    fading[1, 10, 128::16] = 1
+    fake = torch.stack([full, full, fading, fading]).requires_grad_(True)
+    gap = train_module.silence_gap(fake, real, steps_per_bar=16)
+    assert gap.item() == pytest.approx(1 - np.exp(-2), abs=1e-3)
+    gap.backward()
+    assert (fake.grad[2, 0, 10, 128:] > 0).all()  # each lingering cell pays: lowering it lowers the gap
+
+
 def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
     assert train_module.uncertainty(torch.tensor([0.0, 1.0, 1.0, 0.0])).item() == 0.0
     assert train_module.uncertainty(torch.full((4,), 0.5)).item() == 1.0
@@ -550,7 +577,7 @@ def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
 
 def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
     run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0, character=1.0,
-                            texture=1.0, ending=1.0, lengths=1.0, length_mix=1.0, **TINY), data=data,
+                            texture=1.0, ending=1.0, lengths=1.0, length_mix=1.0, silence=1.0, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
@@ -560,6 +587,7 @@ def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and
     assert next(row["ending_gap"] for row in logged if "ending_gap" in row) >= 0
     assert next(row["length_gap"] for row in logged if "length_gap" in row) >= 0
     assert next(row["length_mix_gap"] for row in logged if "length_mix_gap" in row) >= 0
+    assert next(row["silence_gap"] for row in logged if "silence_gap" in row) >= 0
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
