@@ -10,8 +10,9 @@ The run, in order:
    timeout: if the native parser crashes, runs away with memory or hangs, only that file is lost,
    recorded as skipped ("parser crashed (signal 11, SIGSEGV)"), and a fresh worker carries on.
 3. Every file's result is appended to ``<OUT>.partial/`` as it arrives. An interrupted run
-   (Ctrl-C, kill -9, power loss) leaves only that folder, which nothing mistakes for a dataset;
-   running the same command again picks up where it stopped.
+   (Ctrl-C, kill -9, power loss) leaves only that folder, which nothing mistakes for a dataset, and
+   no worker (they end with the main process); running the same command again picks up where it
+   stopped.
 4. Finish: exact duplicates (same content hash) are dropped, files are split into train and
    validation **by file** (the ``val_fraction`` of files with the smallest content hashes, so the
    split is deterministic and no piece is on both sides), the chunks are written in file order
@@ -28,6 +29,7 @@ it is long enough. Windows with fewer than ``min_notes`` note onsets are dropped
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import faulthandler
 import functools
 import hashlib
@@ -257,20 +259,55 @@ def _limit_memory(budget: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def _end_with_parent(parent: int | None) -> None:
+    """Have the kernel kill this worker when its parent dies (Linux), even in the middle of a file.
+
+    Between files the pipe already tells a worker that the main process is gone (EOFError,
+    BrokenPipeError); this also ends one stuck in native code, which nobody would stop once the main
+    process is killed. ``parent``: the main process's pid when it forked this worker, else None.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(ctypes.c_int(1), ctypes.c_ulong(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent:  # it died before prctl: no signal will come
+        os._exit(0)
+    if parent is None:
+        # A fork server's child. Its copy of the server's keep-alive pipe would keep the server
+        # running after the main process dies, for as long as this worker lives; closed, the server
+        # exits with the main process and its exit kills this worker. (It cannot have exited before
+        # prctl: this copy held it.) A worker starts no processes, so it needs no server.
+        from multiprocessing import forkserver
+
+        server = getattr(forkserver, "_forkserver", None)
+        keep_alive = getattr(server, "_forkserver_alive_fd", None)
+        if keep_alive is not None:
+            os.close(keep_alive)
+            server._forkserver_alive_fd = None
+
+
 def _worker(
     conn: multiprocessing.connection.Connection,
     func: Callable,
     memory_limit: int | None,
     inherited: Sequence[multiprocessing.connection.Connection] = (),
+    parent: int | None = None,
 ) -> None:
     """Worker loop: receive batches of (index, item), send back (index, ok, result-or-reason) each."""
+    _end_with_parent(parent)
     for other in inherited:
         other.close()
     faulthandler.disable()  # a crash is reported by the parent as one line, not a dump on the terminal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if memory_limit:
         _limit_memory(memory_limit)
-    conn.send(None)  # ready: start-up time must not count against the first file's timeout
+    try:
+        conn.send(None)  # ready: start-up time must not count against the first file's timeout
+    except OSError:  # the parent is gone
+        return
     while True:
         try:
             batch = conn.recv()
@@ -320,10 +357,13 @@ class _Slot:
 
     def __init__(self, ctx, func: Callable, memory_limit: int | None, siblings: Sequence[_Slot] = ()) -> None:
         self.conn, child = ctx.Pipe()
-        # A forked worker holds copies of the other workers' pipe ends; it closes them, or a
-        # worker would not see the parent's end close when the parent dies.
-        inherited = [slot.conn for slot in siblings] if ctx.get_start_method() == "fork" else []
-        self.process = ctx.Process(target=_worker, args=(child, func, memory_limit, inherited), daemon=True)
+        forked = ctx.get_start_method() == "fork"
+        # A forked worker holds copies of the parent's pipe ends, its own included; it closes them,
+        # or it would never see the parent's end close when the parent dies (and would wait forever).
+        inherited = [self.conn, *(slot.conn for slot in siblings)] if forked else []
+        parent = os.getpid() if forked else None  # a fork server's worker is the server's child
+        args = (child, func, memory_limit, inherited, parent)
+        self.process = ctx.Process(target=_worker, args=args, daemon=True)
         with warnings.catch_warnings():
             # Python 3.12+ warns on any fork while native threads (OpenBLAS's pool) exist; see _context.
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -318,7 +319,39 @@ def _strip_timing(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k != "finished"}
 
 
-def test_killed_run_leaves_no_dataset_and_a_rerun_completes_it(chorale_dir, tmp_path):
+def _descendants(pid: int) -> set[int]:
+    """The processes started under ``pid``, at any depth (Linux: /proc/PID/task/TID/children)."""
+    found = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids = [int(child) for child in children.read_text().split()]
+        except OSError:  # it ended meanwhile
+            continue
+        for child in pids:
+            found |= {child, *_descendants(child)}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its parent has yet to collect it
+
+
+# The CLI forks its workers; a caller with a thread gets them from a fork server (see _context).
+WITH_A_THREAD = (
+    "import sys, threading; threading.Thread(target=threading.Event().wait, daemon=True).start(); "
+    "from apollo.cli.main import cli; cli(sys.argv[1:])"
+)
+
+
+@pytest.mark.skipif(
+    not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(), reason="needs Linux's /proc children"
+)
+@pytest.mark.parametrize("caller", [["-m", "apollo"], ["-c", WITH_A_THREAD]], ids=["forked", "fork-server"])
+def test_killed_run_leaves_no_dataset_and_no_process_and_a_rerun_completes_it(caller, chorale_dir, tmp_path):
     # Many distinct files so that the run is still going when it is killed.
     midi = tmp_path / "midi"
     midi.mkdir()
@@ -327,21 +360,31 @@ def test_killed_run_leaves_no_dataset_and_a_rerun_completes_it(chorale_dir, tmp_
             # Bytes after the last track are ignored by readers but make each copy distinct.
             (midi / f"{copy}-{path.name}").write_bytes(path.read_bytes() + bytes([copy]))
     out, partial = tmp_path / "killed", tmp_path / "killed.partial"
-    options = ["--transpose", "-3:3", "--time-shift", "1", "--workers", "1"]  # 14 chunks per window: slow enough
-    command = [sys.executable, "-m", "apollo", "preprocess", str(midi), "-o", str(out), *options]
+    options = ["--transpose", "-3:3", "--time-shift", "1", "--workers", "2"]  # 14 chunks per window: slow enough
+    command = [sys.executable, *caller, "preprocess", str(midi), "-o", str(out), *options]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lines = partial / "files.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not lines.exists() or lines.read_text().count("\n") < 20):
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGKILL)  # the command, its fork server and its worker
-    process.wait()
+    try:
+        lines = partial / "files.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not lines.exists() or lines.read_text().count("\n") < 20):
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.005)
+        started = _descendants(process.pid)  # workers (and a fork server, a resource tracker)
+        process.kill()  # the main process only, as `kill -9 PID` or the OOM killer does
+        process.wait()
+        assert len(started) >= 2, "no workers to watch"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(pid) for pid in started):
+            time.sleep(0.01)
+        assert not [pid for pid in started if _alive(pid)], "processes outlived the killed run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left, should the test fail
     done = lines.read_text().count("\n")
     assert 20 <= done < 192, "the run was not killed midway"
     assert not out.exists()  # nothing that looks finished
 
-    result = CliRunner().invoke(cli, command[3:])
+    result = CliRunner().invoke(cli, command[len(caller) + 1 :])
     assert result.exit_code == 0, result.output
     assert f"{done} from the interrupted run" in result.output
     assert not partial.exists()
