@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "Batches",
     "FORMAT",
     "FORMAT_VERSION",
     "DatasetConfig",
@@ -296,6 +298,63 @@ class _RollDatasetBase:
         import torch
 
         return torch.from_numpy(np.array(self.packed)).to(device)
+
+
+class Batches:
+    """Batches of real rolls in a fixed, seeded order, unpacked from bits on the training device.
+
+    The whole packed split moves to the GPU when it fits there, so a batch is one gather and one
+    unpack on the device, with no loader process and no stall. On the CPU the rows are gathered from
+    the memory-mapped file. Batch ``b`` is a pure function of (seed, b): epoch ``e`` is
+    ``randperm(n)`` from a ``torch.Generator`` seeded with (seed, e), and global batch ``b`` holds
+    ``batch_size * world.size`` of its indices, of which each process takes every ``world.size``-th
+    (``world``: an :class:`apollo.distributed.World`).
+    """
+
+    def __init__(self, dataset: RollDataset, batch_size: int, seed: int, world) -> None:
+        import torch
+
+        self.shape = dataset.config.shape
+        self.n, self.batch_size, self.seed, self.world = len(dataset), batch_size, seed, world
+        self.device = world.device
+        if self.n == 0:
+            raise ApolloError(f"{dataset.path}: the training split is empty")
+        packed = np.asarray(dataset.packed)
+        if self.device.type == "cuda" and packed.nbytes < 0.25 * torch.cuda.mem_get_info(self.device)[0]:
+            self.packed: torch.Tensor | np.ndarray = torch.from_numpy(np.ascontiguousarray(packed)).to(self.device)
+        else:
+            self.packed = packed
+        self.global_batch = batch_size * world.size
+        self.per_epoch = max(1, self.n // self.global_batch)  # a batch never straddles two epochs
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def indices(self, b: int) -> torch.Tensor:
+        """This process's dataset indices for global batch ``b``."""
+        import torch
+
+        epoch, i = divmod(b, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=generator)
+            if self.n < self.global_batch:  # tiny data: repeat the permutation to fill a batch
+                order = order.repeat(math.ceil(self.global_batch / self.n))
+            self._epoch, self._order = epoch, order
+        chunk = self._order[i * self.global_batch : (i + 1) * self.global_batch]
+        return chunk[self.world.rank :: self.world.size]
+
+    def __call__(self, b: int) -> torch.Tensor:
+        """Real rolls [batch_size, C, pitches, steps] as float32 zeros and ones, on the device."""
+        import torch
+
+        index = self.indices(b)
+        if isinstance(self.packed, torch.Tensor):
+            rows = self.packed[index.to(self.device, non_blocking=True)]
+        else:
+            rows = torch.from_numpy(self.packed[index.numpy()])
+            if self.device.type != "cpu":
+                rows = rows.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" \
+                    else rows.to(self.device)
+        return unpack_bits(rows, self.shape, dtype=torch.float32)
 
 
 def _make_roll_dataset() -> type:

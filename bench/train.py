@@ -1,20 +1,21 @@
-"""Training throughput: ``apollo train`` beside a bare training step of the same model.
+"""Training throughput: each precision of the real training step, which one ``auto`` picks, and
+``apollo train`` around it.
 
     python bench/train.py                          # small preset on this machine's default device
     python bench/train.py --preset apollo --steps 6
-    python bench/train.py --variants               # the bare step in fp32 / bf16 x NCHW / NHWC
+    python bench/train.py --variants               # also the NCHW memory layout
     python bench/train.py --device cuda --preset apollo --batch-size 256
     python bench/train.py --plot runs/NAME docs/img/losses.png   # a run's curves, for the docs
 
-The bare step is the trainer's update with nothing around it: random binary rolls already on the
-device, one discriminator update on real + fake, one generator update, in the precision and memory
-layout the trainer uses, with the same algorithm (decoded fakes, time shifts, the lazy R1 penalty
-the moving average of the generator and the diversity term, as the config asks). The trainer is
-:func:`apollo.train.train` on a real dataset, timed from its own metrics lines (so start-up is left
-out, but batch gathering and unpacking, logging and the progress bar are in). Sample sets, evaluations and checkpoints happen every few hundred steps; each
-is timed once and its cost spread over its default interval. The bare step and the trainer take
-turns, ``--repeats`` times, so that both see the same load on a shared machine; the table shows
-medians.
+The step is :class:`apollo.step.TrainingStep`, the one ``apollo train`` runs, on random binary rolls
+already on the device (about 4 % of cells set, like music), with the default config's terms. It is
+timed in fp32 and bf16, and ``auto`` is what :func:`apollo.device.choose_precision` picks here: on a
+CPU without native bfloat16 that must be fp32, and never slower than it. The trainer is
+:func:`apollo.train.train` on a real dataset in ``auto``, timed from its own metrics lines (so
+start-up is left out, but batch gathering and unpacking, logging and the progress bar are in).
+Sample sets, evaluations and checkpoints happen every few hundred steps; each is timed once and its
+cost spread over its default interval. Measurements take turns, ``--repeats`` times, so that all
+see the same load on a shared machine; the table shows medians.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import torch
 
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset
-from apollo.train import (R1_EVERY, TrainConfig, as_judged, discriminator_loss, diversity_shortfall, evaluate,
-                          generate_rolls, generator_loss, model_config_for, r1_penalty, resolve_device, settle,
-                          shift_randomly, train, update_ema, write_samples)
-from apollo.model import Discriminator, Generator, ModelConfig
-from apollo.roll import Grid
+from apollo.device import choose_precision, cpu_has_native_bf16, resolve_device
+from apollo.model import ModelConfig
+from apollo.runs import evaluate, generate_rolls, write_samples
+from apollo.step import TrainingStep
+from apollo.train import TrainConfig, build_networks, model_config_for, settle, train
 
 
 def sync(device: torch.device) -> None:
@@ -43,65 +44,28 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_rate(config: TrainConfig, model_config: ModelConfig, encoding: str, device: torch.device, steps: int,
-              warmup: int) -> float:
-    """Samples per second of the bare update on random rolls (about 4 % of cells set, like music)."""
-    torch.manual_seed(0)
-    layout = torch.channels_last if config.channels_last else torch.contiguous_format
-    G = Generator(model_config).to(device).to(memory_format=layout)
-    D = Discriminator(model_config).to(device).to(memory_format=layout)
-    g_opt = torch.optim.Adam(G.parameters(), lr=config.lr, betas=config.betas)
-    d_opt = torch.optim.Adam(D.parameters(), lr=config.d_lr, betas=config.betas)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(config.bf16))
-    b = config.batch_size
-    real = (torch.rand(b, model_config.roll_channels, model_config.n_pitches, model_config.n_steps,
-                       device=device) < 0.04).float().contiguous(memory_format=layout)
-    G_ema = Generator(model_config).to(device) if config.ema else None
-    rng = torch.Generator(device)
-
-    def seen(rolls: torch.Tensor) -> torch.Tensor:
-        unit = Grid().steps_per_beat if config.shift_in_beats else 1  # speed does not depend on it
-        return shift_randomly(rolls, config.augment_shift, 3, rng, unit) if config.augment_shift else rolls
-
-    def step(i: int) -> None:
-        noise = torch.randn(b, *model_config.noise_shape, device=device).contiguous(memory_format=layout)
-        with autocast:
-            fake = as_judged(G(noise), config.binarize, encoding)
-            penalize = config.r1 and i % R1_EVERY == 0
-            seen_real = seen(real).requires_grad_(bool(penalize))
-            scores = D(torch.cat([seen_real, seen(fake.detach())]).contiguous(memory_format=layout)).float()
-            d_loss = discriminator_loss(config.loss, scores[:b], scores[b:], config.label_smoothing)
-            if penalize:
-                d_loss = d_loss + config.r1 / 2 * R1_EVERY * r1_penalty(scores[:b], seen_real)
-        d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_opt.step()
-        D.requires_grad_(False)
-        with autocast:
-            g_loss = generator_loss(config.loss, D(seen(fake).contiguous(memory_format=layout)).float())
-            if config.diversity:
-                g_loss = g_loss + config.diversity * diversity_shortfall(fake.float(), real)
-        g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        g_opt.step()
-        D.requires_grad_(True)
-        if G_ema is not None:
-            update_ema(G_ema, G, config.ema)
-
+def step_rate(config: TrainConfig, model_config: ModelConfig, encoding: str, steps_per_beat: int,
+              device: torch.device, steps: int, warmup: int) -> float:
+    """Samples per second of the training step on random rolls."""
+    G, D, g_opt, d_opt, G_ema = build_networks(config, model_config, None, device)
+    step = TrainingStep(config, G, D, g_opt, d_opt, G_ema, encoding=encoding, steps_per_beat=steps_per_beat,
+                        device=device)
+    real = (torch.rand(config.batch_size, model_config.roll_channels, model_config.n_pitches, model_config.n_steps,
+                       device=device, generator=torch.Generator(device).manual_seed(0)) < 0.04).float()
     for i in range(warmup):
-        step(i)
+        step(i, lambda b: real)
     sync(device)
     start = time.perf_counter()
-    for i in range(steps):
-        step(i)
+    for i in range(warmup, warmup + steps):
+        step(i, lambda b: real)
     sync(device)
-    return steps * b / (time.perf_counter() - start)
+    return steps * config.batch_size * config.n_critic / (time.perf_counter() - start)
 
 
 def trainer_rate(config: TrainConfig, data: Path, steps: int, warmup: int, out: Path) -> tuple[float, Path]:
     """Samples per second of apollo.train.train between its metrics lines after ``warmup`` steps."""
     config = dataclasses.replace(config, steps=warmup + steps, log_every=1, sample_every=0, eval_every=0)
-    run = train(config, data=data, run=out, progress=True)
+    run = train(config, data=data, run=out, progress=False)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     timed = {line["step"]: line["time"] for line in lines if "d_loss" in line}
     return steps * config.batch_size / (timed[warmup + steps] - timed[warmup]), run
@@ -177,7 +141,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", action="store_true", help="time the bare step in fp32/bf16 x NCHW/NHWC")
+    parser.add_argument("--variants", action="store_true", help="also time the NCHW memory layout")
+    parser.add_argument("--no-trainer", action="store_true", help="time the step only, not apollo train around it")
     parser.add_argument("--plot", nargs=2, type=Path, metavar=("RUN", "PNG"), help="plot a run's curves instead")
     args = parser.parse_args()
     if args.plot:
@@ -186,37 +151,41 @@ def main() -> None:
 
     device = resolve_device(args.device)
     data = args.data or find_latest_dataset()
-    config = settle(TrainConfig(preset=args.preset, device=args.device, batch_size=args.batch_size), device)
+    config, why = settle(TrainConfig(preset=args.preset, device=args.device, batch_size=args.batch_size), device)
     dataset = RollDataset(data)
     model_config, encoding = model_config_for(config, dataset), dataset.config.encoding
-    cpu = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"{config.preset} preset, batch {config.batch_size}, {device.type} ({cpu}), torch {torch.__version__}")
+    beat = dataset.config.grid.steps_per_beat
+    if device.type == "cpu":
+        where = f"{torch.get_num_threads()} threads, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
+    else:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    print(f"{config.preset} preset, batch {config.batch_size}, {device.type} ({where}), torch {torch.__version__}")
+    print(f"auto chooses {config.precision} ({why})")
 
-    if args.variants:
-        variants = {f"{'bf16' if bf16 else 'fp32'} {'NHWC' if nhwc else 'NCHW'}":
-                    dataclasses.replace(config, bf16=bf16, channels_last=nhwc)
-                    for bf16 in (False, True) for nhwc in (False, True)}
-        rates: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.repeats):  # round robin, so that every variant sees the same load
-            for name, variant in variants.items():
-                rates[name].append(bare_rate(variant, model_config, encoding, device, args.steps, args.warmup))
-        base = statistics.median(rates["fp32 NCHW"])
-        for name, values in rates.items():
-            median = statistics.median(values)
-            print(f"  bare step {name}: {median:8.1f} samples/s  ({median / base:.2f}x)  runs: "
-                  + " ".join(f"{v:.1f}" for v in values))
-        return
-
-    bare, trainer = [], []
+    layouts = (True, False) if args.variants else (True,)
+    variants = {f"{precision} {'NHWC' if nhwc else 'NCHW'}": dataclasses.replace(config, precision=precision, channels_last=nhwc)
+                for nhwc in layouts for precision in ("fp32", "bf16")}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    trainer: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeats):
-            bare.append(bare_rate(config, model_config, encoding, device, args.steps, args.warmup))
-            rate, run = trainer_rate(config, data, args.steps, args.warmup, Path(tmp) / f"run{i}")
-            trainer.append(rate)
-        costs = event_costs(config, run, data)
-    bare_median, trainer_median = statistics.median(bare), statistics.median(trainer)
-    print(f"  bare step: {bare_median:8.1f} samples/s   runs: " + " ".join(f"{v:.1f}" for v in bare))
-    print(f"  trainer:   {trainer_median:8.1f} samples/s   runs: " + " ".join(f"{v:.1f}" for v in trainer))
+        for i in range(args.repeats):  # round robin, so that everything sees the same load
+            for name, variant in variants.items():
+                rates[name].append(step_rate(variant, model_config, encoding, beat, device, args.steps, args.warmup))
+            if not args.no_trainer:
+                rate, run = trainer_rate(config, data, args.steps, args.warmup, Path(tmp) / f"run{i}")
+                trainer.append(rate)
+        costs = event_costs(config, run, data) if trainer else {}
+    base = statistics.median(rates["fp32 NHWC"])
+    chosen = f"{config.precision} {'NHWC' if config.channels_last else 'NCHW'}"
+    for name, values in rates.items():
+        median = statistics.median(values)
+        mark = "   <- auto" if name == chosen else ""
+        print(f"  step {name}: {median:8.1f} samples/s  ({median / base:.2f}x fp32)  runs: "
+              + " ".join(f"{v:.1f}" for v in values) + mark)
+    if not trainer:
+        return
+    trainer_median = statistics.median(trainer)
+    print(f"  apollo train ({config.precision}): {trainer_median:8.1f} samples/s   runs: " + " ".join(f"{v:.1f}" for v in trainer))
     # Periodic work, spread over its default interval at the trainer's pace.
     step_seconds = config.batch_size / trainer_median
     spread = {
@@ -226,12 +195,8 @@ def main() -> None:
     }
     for name, share in spread.items():
         print(f"  {name}: {costs[name]:.2f} s each, {100 * share:.2f} % of the time at the default interval")
-    overall = trainer_median / (1 + sum(spread.values()))
-    # Each repeat's pair ran back to back under the same load: the median of their ratios is the
-    # steadiest figure on a shared machine.
-    ratio = statistics.median(t / b for t, b in zip(trainer, bare)) / (1 + sum(spread.values()))
-    print(f"  trainer with periodic work: {overall:.1f} samples/s; per-repeat ratio to the bare step "
-          f"(median): {100 * ratio:.0f} %")
+    print(f"  apollo train with periodic work: {trainer_median / (1 + sum(spread.values())):.1f} samples/s, "
+          f"{step_seconds * (1 + sum(spread.values())):.2f} s per step")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ COMMANDS = {
     "corpus": ("corpus", "corpus", "List and export the MIDI corpora that ship with music21."),
     "preprocess": ("preprocess", "preprocess", "Turn a folder of MIDI files into a piano-roll dataset."),
     "train": ("train", "train", "Train the DCGAN on a preprocessed dataset."),
+    "recipes": ("train", "recipes", "List the shipped training recipes and the generator's terms."),
     "generate": ("generate", "generate", "Sample new pieces from a trained model as MIDI (and WAV, PNG)."),
     "render": ("render", "render", "Render a MIDI file to WAV through a SoundFont."),
     "instruments": ("render", "instruments", "List the General MIDI instruments and their aliases."),

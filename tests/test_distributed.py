@@ -16,7 +16,8 @@ from apollo.checkpoint import load_checkpoint
 from apollo.dataset import DatasetConfig
 from apollo.model import PRESETS, ModelConfig
 from apollo.preprocess import preprocess
-from apollo.train import Batches, TrainConfig, train
+from apollo.dataset import Batches
+from apollo.train import TrainConfig, train
 
 STEPS = 3
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import apollo.train as train_module
+import apollo.dataset as dataset_module
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.cli.main import cli
 from apollo.dataset import DatasetConfig, RollDataset
 from apollo.errors import ApolloError
 from apollo.model import PRESETS, Discriminator, ModelConfig
 from apollo.preprocess import preprocess
-from apollo.roll import PianoRoll
+from apollo.terms import TERMS
 from apollo.train import TrainConfig, latest_checkpoint, saved_train_config, train
 
 # Width 8 and batches of 4: every step takes milliseconds, and the loop still runs for real.
@@ -146,12 +146,12 @@ def test_fine_tuning_goes_on_from_a_checkpoint_in_a_new_run_and_leaves_the_old_o
     assert first["event"] == "start" and first["step"] == 3
     assert json.loads((same / "config.json").read_text())["start_from"] == str(checkpoint)
     # With new settings it goes on with them.
-    tuned = train(dataclasses.replace(saved, steps=5, texture=1.0, lr=1e-4, d_lr=2e-5), start_from=checkpoint,
+    tuned = train(dataclasses.replace(saved, steps=5, terms={**saved.terms, "texture": 1.0}, lr=1e-4, d_lr=2e-5), start_from=checkpoint,
                   run=tmp_path / "tuned", progress=False)
     state = load_checkpoint(tuned / "checkpoints" / "last.pt")
-    assert state["step"] == 5 and state["train_config"]["texture"] == 1.0
+    assert state["step"] == 5 and state["train_config"]["terms"]["texture"] == 1.0
     assert state["g_optimizer"]["param_groups"][0]["lr"] == 1e-4 and state["d_optimizer"]["param_groups"][0]["lr"] == 2e-5
-    assert any("texture_gap" in json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines())
+    assert any("texture" in json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines())
     with pytest.raises(ApolloError, match="style cannot change"):
         train(dataclasses.replace(saved, style=3), start_from=checkpoint, run=tmp_path / "other", progress=False)
     assert not (tmp_path / "other").exists()
@@ -160,7 +160,7 @@ def test_fine_tuning_goes_on_from_a_checkpoint_in_a_new_run_and_leaves_the_old_o
 def test_ctrl_c_saves_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
     once = train(TrainConfig(steps=5, **TINY), data=data, run=tmp_path / "once", progress=False)
 
-    real_batches = train_module.Batches.__call__
+    real_batches = dataset_module.Batches.__call__
     handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
 
     def interrupt_during_batch_2(self, b):
@@ -169,7 +169,7 @@ def test_ctrl_c_saves_and_resumes_exactly(data, tmp_path, monkeypatch, capsys):
         return real_batches(self, b)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module.Batches, "__call__", interrupt_during_batch_2)
+        patch.setattr(dataset_module.Batches, "__call__", interrupt_during_batch_2)
         run = train(TrainConfig(steps=5, **TINY), data=data, run=tmp_path / "stopped", progress=False)
     assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
@@ -256,7 +256,7 @@ def test_the_command_line(data, tmp_path, monkeypatch):
     monkeypatch.setitem(PRESETS, "small", PRESETS["tiny"])  # `apollo train` on CPU picks small
     runner = CliRunner()
     args = ["train", "--data", str(data), "--steps", "2", "--batch-size", "4", "--no-progress",
-            "--sample-every", "2", "--eval-every", "0"]
+            "--set", "sample_every=2", "--set", "eval_every=0"]
     result = runner.invoke(cli, [*args, "--run", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "Trained 2 steps" in result.output and (tmp_path / "run" / "samples" / "step-000002" / "rolls.png").is_file()
@@ -268,14 +268,14 @@ def test_the_command_line(data, tmp_path, monkeypatch):
 
     # Fine-tuning keeps the checkpoint's settings (batches of 4, not the default 64) but those given.
     checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pt")
-    result = runner.invoke(cli, ["train", "--from", checkpoint, "--texture", "1", "--steps", "4", "--no-progress",
+    result = runner.invoke(cli, ["train", "--from", checkpoint, "--term", "texture=1", "--steps", "4", "--no-progress",
                                  "--run", str(tmp_path / "tuned")])
     assert result.exit_code == 0, result.output
     tuned = load_checkpoint(tmp_path / "tuned" / "checkpoints" / "last.pt")
-    assert tuned["step"] == 4 and tuned["train_config"]["texture"] == 1.0 and tuned["train_config"]["batch_size"] == 4
+    assert tuned["step"] == 4 and tuned["train_config"]["terms"] == {"diversity": 1.0, "texture": 1.0} and tuned["train_config"]["batch_size"] == 4
 
     for bad, message in (
-        (["train", "--from", checkpoint, "--style", "3", "--run", str(tmp_path / "styled")], "style cannot change"),
+        (["train", "--from", checkpoint, "--set", "style=3", "--run", str(tmp_path / "styled")], "style cannot change"),
         (["train", "--from", str(tmp_path / "nope.pt")], "nope.pt"),
         ([*args, "--run-dir", str(tmp_path / "run")], "already exists"),  # --run's name under torchrun
         (["train", "--data", str(tmp_path / "nothing")], "not a finished dataset"),
@@ -306,25 +306,6 @@ def test_minibatch_std_groups_divide_the_batch(data, tmp_path, monkeypatch):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["model_config"]["minibatch_std"] == 2
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-def test_shift_augmentation_moves_each_roll_by_at_most_n_cells(dim):
-    rolls = torch.zeros(32, 2, 64, 256)
-    rolls[:, :, 30, 100] = 1.0
-    moved = train_module.shift_randomly(rolls, 5, dim, torch.Generator().manual_seed(0))
-    where = moved.nonzero()
-    assert len(where) == 64  # one cell per plane per roll: nothing lost, nothing added
-    offsets = where[:, dim] - (30 if dim == 2 else 100)
-    other = 3 if dim == 2 else 2
-    assert (where[:, other] == (100 if dim == 2 else 30)).all()  # the other axis does not move
-    assert offsets.abs().max() <= 5 and len(offsets.unique()) > 3
-    assert torch.equal(moved[:, 0], moved[:, 1])  # both planes of a roll move together
-    assert torch.equal(train_module.shift_randomly(rolls, 0, dim, torch.Generator()), rolls)
-    # In whole beats (unit 4): the moves keep every note where it falls within the beat.
-    beats = train_module.shift_randomly(rolls, 9, dim, torch.Generator().manual_seed(0), unit=4).nonzero()
-    moves = beats[:, dim] - (30 if dim == 2 else 100)
-    assert set(moves.unique().tolist()) == {-8, -4, 0, 4, 8}
-
-
 def test_r1_and_the_moving_average_train_resume_exactly_and_sample(data, tmp_path):
     settings = dict(r1=1.0, ema=0.9, augment_shift=8, augment_transpose=2, **TINY)
     once = train(TrainConfig(steps=6, **settings), data=data, run=tmp_path / "once", progress=False)
@@ -341,253 +322,44 @@ def test_r1_and_the_moving_average_train_resume_exactly_and_sample(data, tmp_pat
     assert penalties and all(p >= 0 for p in penalties) and max(penalties) > 0
 
 
-def test_the_discriminator_sees_generated_planes_as_they_decode(data):
-    from apollo.dataset import RollDataset
-
-    real = RollDataset(data, split="train")
-    planes = torch.from_numpy(np.stack([roll.encode("onset") for roll in real.rolls(range(len(real)))])).float()
-    assert torch.equal(train_module.as_decoded(planes), planes)  # real rolls already obey the rules
-    noise = (torch.rand(8, 2, 64, 256, generator=torch.Generator().manual_seed(0)) > 0.7).float()
-    decoded = train_module.as_decoded(noise)
-    assert not torch.equal(decoded, noise)  # stray onsets and onset-less starts were there
-    for planes_in, planes_out in zip(noise, decoded):
-        assert np.array_equal(PianoRoll.decode(planes_in.numpy()).encode("onset"), planes_out.numpy().astype(bool))
-
-
-def test_a_run_saved_before_r1_ema_and_shift_existed_resumes_without_them(data, tmp_path):
-    run = train(TrainConfig(steps=2, r1=0.0, ema=0.0, augment_shift=0, diversity=0.0, chroma=False, rhythm=False,
-                            pitch_bias=False, **TINY),
+def test_a_run_saved_before_r1_ema_shift_and_the_term_registry_resumes_as_it_trained(data, tmp_path):
+    run = train(TrainConfig(steps=2, r1=0.0, ema=0.0, augment_shift=0, terms={}, chroma=False, rhythm=False,
+                            pitch_bias=False, precision="fp32", **TINY),
                 data=data,
                 run=tmp_path / "old",
                 progress=False)
     path = run / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
-    older = ("r1", "ema", "augment_shift", "shift_in_beats", "diversity", "chroma", "confidence", "rhythm", "refine",
-             "style", "pitch_bias", "best_max_duplicates", "closeness", "character", "texture", "ending", "lengths")
-    for key in older:  # what an older Apollo wrote
+    older = ("r1", "ema", "augment_shift", "shift_in_beats", "chroma", "rhythm", "refine", "style", "pitch_bias",
+             "best_max_duplicates", "terms", "precision")
+    for key in older:  # what an older Apollo wrote: no such settings, each term a field of its own, bf16
         del state["train_config"][key]
         state["model_config"].pop(key, None)
+    state["train_config"].update(bf16=False, texture=0.0)
+    del state["term_versions"]
     save_checkpoint(path, state)
     train(TrainConfig(steps=3), resume=run, progress=False)
     resumed = load_checkpoint(path)
     assert resumed["step"] == 3 and "generator_ema" not in resumed
-    assert {key: resumed["train_config"][key] for key in ("r1", "ema", "augment_shift", "shift_in_beats", "diversity")} == \
-        {"r1": 0.0, "ema": 0.0, "augment_shift": 0, "shift_in_beats": False, "diversity": 0.0}
+    assert {key: resumed["train_config"][key] for key in ("r1", "ema", "augment_shift", "shift_in_beats", "terms")} == \
+        {"r1": 0.0, "ema": 0.0, "augment_shift": 0, "shift_in_beats": False, "terms": {}}
     assert not resumed["model_config"]["chroma"] and not resumed["model_config"]["rhythm"]
+    # Old term fields become the registry's terms, and bf16 its precision.
+    state["train_config"].update(diversity=1.0, closeness=2.0, bf16=True)
+    save_checkpoint(tmp_path / "older.pt", state)
+    saved = saved_train_config(tmp_path / "older.pt")
+    assert saved.terms == {"diversity": 1.0, "closeness": 2.0} and saved.precision == "bf16"
 
 
-def test_diversity_shortfall_is_one_for_a_collapsed_generator_and_zero_for_real_variety():
-    g = torch.Generator().manual_seed(0)
-    real = (torch.rand(8, 2, 64, 256, generator=g) > 0.9).float()
-    collapsed = real[:1].expand(8, -1, -1, -1)
-    assert train_module.diversity_shortfall(collapsed, real).item() == pytest.approx(1.0)
-    assert train_module.diversity_shortfall(real.flip(0), real).item() == pytest.approx(0.0)  # as varied as real
-    half_as_varied = torch.where(torch.arange(8).reshape(8, 1, 1, 1) % 2 == 0, real, real[:1])
-    assert 0.1 < train_module.diversity_shortfall(half_as_varied, real).item() < 0.9
-
-
-def test_closeness_sees_a_few_duplicated_pieces_that_the_mean_spread_misses():
-    g = torch.Generator().manual_seed(0)
-    real = (torch.rand(16, 2, 64, 256, generator=g) > 0.9).float()
-    fake = (torch.rand(16, 2, 64, 256, generator=g) > 0.9).float()
-    assert train_module.closeness(fake).item() == 0.0  # overlap about 0.1 between any two
-    fake[1] = fake[0]  # one pair of twins among 120 pairs
-    assert train_module.diversity_shortfall(fake, real).item() == 0.0
-    assert train_module.closeness(fake).item() == pytest.approx(1 / 120)
-    assert train_module.closeness(fake[:1].expand(16, -1, -1, -1)).item() == pytest.approx(1.0)
-    # More notes do not buy distance: a twin with twice the notes still overlaps by 2/3.
-    fake[1] = torch.maximum(fake[0], (torch.rand(2, 64, 256, generator=g) > 0.9).float())
-    assert train_module.closeness(fake).item() > 0
-
-
-def _one_voice(note_steps: int, sounding_steps: int = 256) -> torch.Tensor:
-    """One pitch playing notes of ``note_steps`` back to back for ``sounding_steps``, onset-encoded."""
-    roll = torch.zeros(2, 64, 256)
-    roll[0, 10, :sounding_steps] = 1
-    roll[1, 10, :sounding_steps:note_steps] = 1
-    return roll
-
-
-def test_rhythm_character_reads_note_lengths_offbeat_onsets_and_fullness():
-    quarters, eighths, halves, half_silent = _one_voice(4), _one_voice(2), _one_voice(8), _one_voice(4, 128)
-    character = train_module.rhythm_character(torch.stack([quarters, eighths, halves, half_silent]), steps_per_beat=4)
-    expected = [[1 / 4, 0, 1 / 64], [1 / 2, 1 / 2, 1 / 64], [1 / 8, 0, 1 / 64], [1 / 4, 0, 1 / 128]]
-    assert torch.allclose(character, torch.tensor(expected))
-    # A one-plane roll: notes start where a pitch begins to sound after silence.
-    separated = torch.zeros(1, 1, 64, 256)
-    separated[0, 0, 10, 2:4] = separated[0, 0, 10, 8:16] = 1
-    assert torch.allclose(train_module.rhythm_character(separated, steps_per_beat=4),
-                          torch.tensor([[2 / 10, 1 / 2, 10 / 64 / 256]]))
-
-
-def test_character_gap_is_one_when_every_piece_has_the_same_rhythm_and_zero_for_real_variety():
-    real = torch.stack([_one_voice(4, 192), _one_voice(2, 192), _one_voice(4, 128), _one_voice(2, 128)])
-    assert train_module.character_gap(real[[0, 0, 0, 0]], real, steps_per_beat=4).item() == pytest.approx(1.0)
-    assert train_module.character_gap(real.flip(0), real, steps_per_beat=4).item() == pytest.approx(0.0)
-    # The same rhythms, all of them as full: two of the three met.
-    assert train_module.character_gap(real[[0, 1, 0, 1]], real, steps_per_beat=4).item() == pytest.approx(1 / 3)
-    # Varying more than real pieces do costs as much: here twice the real spread of fullness.
-    more = torch.stack([_one_voice(4, 224), _one_voice(2, 224), _one_voice(4, 96), _one_voice(2, 96)])
-    assert train_module.character_gap(more, real, steps_per_beat=4).item() == pytest.approx(1 / 3)
-    fake = real[[0, 0, 0, 1]].clone().requires_grad_(True)
-    train_module.character_gap(fake, real, steps_per_beat=4).backward()
-    assert fake.grad.abs().sum() > 0
-
-
-def _chords(voices: int, note_steps: int, sounding_steps: int = 256) -> torch.Tensor:
-    """``voices`` pitches a fifth apart, playing notes of ``note_steps`` together, onset-encoded."""
-    return torch.stack([_one_voice(note_steps, sounding_steps).roll(7 * v, dims=1) for v in range(voices)]).amax(dim=0)
-
-
-def test_texture_reads_fullness_voices_chord_size_and_note_density():
-    four_voices, one_voice, half_silent = _chords(4, 4), _chords(1, 2), _chords(2, 4, 128)
-    expected = [[4 / 64, 4, 4, 1 / 64], [1 / 64, 1, 1, 1 / 128], [2 * 128 / (64 * 256), 2, 2, 1 / 256]]
-    assert torch.allclose(train_module.texture(torch.stack([four_voices, one_voice, half_silent])), torch.tensor(expected))
-    # Voices that do not start together: two sound at once, but notes start one at a time.
-    staggered = _chords(1, 4) + _chords(1, 4).roll((7, 2), dims=(1, 2))
-    assert torch.allclose(train_module.texture(staggered[None]), torch.tensor([[2 / 64, 2, 1, 1 / 128]]))
-
-
-def test_texture_gap_is_zero_for_the_real_mean_and_grows_with_thinner_or_fuller_pieces():
-    real = torch.stack([_chords(4, 4), _chords(4, 4), _chords(2, 4), _chords(2, 4)])  # 3 voices on average
-    assert train_module.texture_gap(real.flip(0), real).item() == pytest.approx(0.0)
-    assert train_module.texture_gap(torch.stack([_chords(3, 4)] * 4), real).item() == pytest.approx(0.0)
-    # The same texture in eighths: twice the notes, one of the four numbers off by 100 %.
-    assert train_module.texture_gap(torch.stack([_chords(3, 2)] * 4), real).item() == pytest.approx(1 / 4)
-    thin, full = torch.stack([_chords(1, 4)] * 4), torch.stack([_chords(5, 4)] * 4)
-    assert train_module.texture_gap(thin, real).item() == pytest.approx(2 / 3)  # a third of each number
-    assert train_module.texture_gap(full, real).item() == pytest.approx(2 / 3)
-    fake = thin.clone().requires_grad_(True)
-    train_module.texture_gap(fake, real).backward()
-    assert fake.grad.abs().sum() > 0
-
-
-def test_short_notes_counts_notes_under_three_steps_and_skips_what_the_decoder_drops():
-    count = lambda roll: tuple(int(n) for n in train_module.short_notes(roll[None]))
-    assert count(_one_voice(2)) == (128, 128)  # eighths: every note short
-    assert count(_one_voice(4)) == (0, 64)  # quarters: none
-    assert count(_one_voice(3)) == (0, 85)  # three steps is qualified; the 86th note, cut to one step, is none
-    assert count(_one_voice(1)) == (0, 0)  # one-step sounds are dropped by the decoder, so are no notes
-    mixed = _one_voice(2, sounding_steps=128) + _one_voice(8).roll(20, dims=1)  # another pitch, in half notes
-    assert count(mixed) == (64, 64 + 32)
-
-
-def test_length_gap_is_zero_for_the_real_mix_and_grows_with_fewer_short_notes():
-    real = torch.stack([_one_voice(2), _one_voice(4)])  # 128 short notes of 192
-    assert train_module.length_gap(real.flip(0), real).item() == pytest.approx(0.0)
-    assert train_module.length_gap(torch.stack([_one_voice(4)] * 2), real).item() == pytest.approx(1.0)
-    assert train_module.length_gap(torch.stack([_one_voice(2)] * 2), real).item() == pytest.approx(0.5)
-    fake = torch.stack([_one_voice(2), _one_voice(4)]).mul(0.9).requires_grad_(True)
-    train_module.length_gap(fake, torch.stack([_one_voice(2)] * 2)).backward()
-    assert fake.grad.abs().sum() > 0
-
-
-def test_length_mix_sorts_notes_into_mgevals_length_classes():
-    # Classes in steps: 1, 2, 3, 4-5, 6-7, 8-11, 12-15, 16 and longer.
-    mix = train_module.length_mix(torch.stack([_one_voice(2), _one_voice(3), _one_voice(6), _one_voice(32),
-                                               torch.zeros(2, 64, 256)]), steps_per_beat=4)
-    assert torch.allclose(mix, torch.tensor([[0, 1.0, 0, 0, 0, 0, 0, 0],
-                                             [1 / 86, 0, 85 / 86, 0, 0, 0, 0, 0],  # the last note is cut to 1 step
-                                             [0, 0, 0, 1 / 43, 42 / 43, 0, 0, 0],  # ... to 4 steps
-                                             [0, 0, 0, 0, 0, 0, 0, 1.0], [0.0] * 8]))
-
-
-def test_length_mix_of_real_chorales_is_mgevals_note_length_histogram(data):
-    from apollo.mgeval import note_length_histogram
-
-    dataset = RollDataset(data, "train")
-    planes = dataset.planes(range(8))
-    mix = train_module.length_mix(torch.from_numpy(planes).float(), steps_per_beat=dataset.config.grid.steps_per_beat)
-    for piece, cells in zip(mix, planes):
-        histogram = note_length_histogram(PianoRoll.decode(cells, "onset", dataset.config.grid))
-        expected = np.append(histogram[:7], histogram[7:].sum())  # a bar or longer: one class
-        assert np.allclose(piece.numpy(), expected, atol=1e-6)
-
-
-def test_length_mix_gap_is_zero_for_the_real_mix_and_counts_the_mean_and_the_spread():
-    real = torch.stack([_one_voice(2), _one_voice(4)])  # half the pieces in eighths, half in quarters
-    assert train_module.length_mix_gap(real.flip(0), real, steps_per_beat=4).item() == pytest.approx(0.0)
-    # Every piece half eighths, half quarters: the mean is met, the spread of both classes is not.
-    mixed = _one_voice(2, sounding_steps=128) + _one_voice(4).roll(20, dims=1)
-    spread = torch.tensor([1.0, 0.0]).std().item()  # of each class's share over the real pieces
-    assert train_module.length_mix_gap(torch.stack([mixed] * 2), real, steps_per_beat=4).item() == \
-        pytest.approx(2 * spread, rel=1e-5)
-    # Every piece in quarters: half the notes in the wrong class, on both sides, and no spread.
-    quarters = torch.stack([_one_voice(4)] * 2)
-    assert train_module.length_mix_gap(quarters, real, steps_per_beat=4).item() == pytest.approx(1.0 + 2 * spread, rel=1e-5)
-    fake = torch.stack([mixed, _one_voice(4)]).mul(0.9).requires_grad_(True)
-    train_module.length_mix_gap(fake, real, steps_per_beat=4).backward()
-    assert fake.grad.abs().sum() > 0
-
-
-def test_bar_fullness_reads_each_bar_and_silence_as_zero():
-    ends_halfway = _chords(4, 4, sounding_steps=128)
-    assert torch.allclose(train_module.bar_fullness(ends_halfway[None], steps_per_bar=16),
-                          torch.tensor([[4 / 64] * 8 + [0.0] * 8]))
-
-
-def test_ending_gap_is_zero_for_real_endings_and_grows_without_them():
-    full, ends_halfway = _chords(4, 4), _chords(4, 4, sounding_steps=128)
-    real = torch.stack([full, full, ends_halfway, ends_halfway])  # half the pieces fall silent after bar 8
-    assert train_module.ending_gap(real.flip(0), real, steps_per_bar=16).item() == pytest.approx(0.0)
-    # Every piece sounds to its end: the last 8 bars are twice as full as real ones on average and
-    # do not spread at all, so 16 of the 32 numbers are off by 100 %.
-    assert train_module.ending_gap(torch.stack([full] * 4), real, steps_per_bar=16).item() == pytest.approx(0.5)
-    # Every piece thinned to two voices instead: the last bars' mean is met, their spread is not,
-    # and the first bars are half as full.
-    thin = torch.stack([_chords(2, 4)] * 4)
-    assert train_module.ending_gap(thin, real, steps_per_bar=16).item() == pytest.approx((8 * 0.5 + 8 * 1.0) / 32)
-    fake = thin.clone().requires_grad_(True)
-    train_module.ending_gap(fake, real, steps_per_bar=16).backward()
-    assert fake.grad.abs().sum() > 0
-
-
-def test_bar_silence_is_one_for_a_silent_bar_and_counts_a_lingering_note_as_barely_silent():
-    ends_halfway = _chords(4, 4, sounding_steps=128)
-    lingering = ends_halfway.clone()
-    lingering[0, 10, 128:144] = 1  # one note held through bar 9
-    lingering[1, 10, 128] = 1
-    silence = train_module.bar_silence(torch.stack([ends_halfway, lingering]), steps_per_bar=16)
-    assert torch.allclose(silence[0], torch.tensor([float(np.exp(-64 / 8))] * 8 + [1.0] * 8))
-    assert silence[1, 8].item() == pytest.approx(np.exp(-16 / 8)) and torch.equal(silence[1, 9:], silence[0, 9:])
-
-
-def test_silence_gap_is_zero_for_real_endings_and_makes_lingering_notes_pay():
-    full, ends_halfway = _chords(4, 4), _chords(4, 4, sounding_steps=128)
-    real = torch.stack([full, full, ends_halfway, ends_halfway])
-    assert train_module.silence_gap(real.flip(0), real, steps_per_bar=16).item() == pytest.approx(0.0, abs=1e-6)
-    # No piece ends: all of the real silence is missing.
-    assert train_module.silence_gap(torch.stack([full] * 4), real, steps_per_bar=16).item() == pytest.approx(1.0, abs=2e-3)
-    # Endings that fade: one note lingers in every bar after the chord stops.
-    fading = ends_halfway.clone()
-    fading[0, 10, 128:] = 1
-    fading[1, 10, 128::16] = 1
-    fake = torch.stack([full, full, fading, fading]).requires_grad_(True)
-    gap = train_module.silence_gap(fake, real, steps_per_bar=16)
-    assert gap.item() == pytest.approx(1 - np.exp(-2), abs=1e-3)
-    gap.backward()
-    assert (fake.grad[2, 0, 10, 128:] > 0).all()  # each lingering cell pays: lowering it lowers the gap
-
-
-def test_uncertainty_is_zero_for_sure_cells_and_one_at_a_coin_flip():
-    assert train_module.uncertainty(torch.tensor([0.0, 1.0, 1.0, 0.0])).item() == 0.0
-    assert train_module.uncertainty(torch.full((4,), 0.5)).item() == 1.0
-    assert train_module.uncertainty(torch.tensor([0.25, 0.9])).item() == pytest.approx((0.5 + 0.2) / 2)
-
-
-def test_confidence_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
-    run = train(TrainConfig(steps=2, confidence=1.0, rhythm=True, refine=True, style=3, pitch_bias=True, closeness=1.0, character=1.0,
-                            texture=1.0, ending=1.0, lengths=1.0, length_mix=1.0, silence=1.0, **TINY), data=data,
+def test_every_term_rhythm_path_refine_layer_style_and_pitch_bias_train_and_are_kept(data, tmp_path):
+    every = {name: 1.0 for name in TERMS}
+    run = train(TrainConfig(steps=2, rhythm=True, refine=True, style=3, pitch_bias=True, terms=every, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["confidence"] == 1.0
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert 0 <= next(row["character_gap"] for row in logged if "character_gap" in row) <= 1
-    assert next(row["texture_gap"] for row in logged if "texture_gap" in row) >= 0
-    assert next(row["ending_gap"] for row in logged if "ending_gap" in row) >= 0
-    assert next(row["length_gap"] for row in logged if "length_gap" in row) >= 0
-    assert next(row["length_mix_gap"] for row in logged if "length_mix_gap" in row) >= 0
-    assert next(row["silence_gap"] for row in logged if "silence_gap" in row) >= 0
+    assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["terms"] == every
+    assert state["term_versions"] == {name: term.version for name, term in TERMS.items()}
+    logged = next(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "d_loss" in line)
+    assert all(logged[name] >= 0 for name in TERMS) and logged["diversity"] <= 1 and logged["character"] <= 1
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
@@ -603,9 +375,9 @@ def test_chroma_paths_and_the_diversity_term_train_on_a_key_normalized_dataset(c
     preprocess(chorale_dir, data, DatasetConfig(normalize_key=True), workers=1)
     run = train(TrainConfig(steps=4, **TINY), data=data, run=tmp_path / "run", progress=False)  # both on by default
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["model_config"]["chroma"] and state["model_config"]["rhythm"] and state["train_config"]["diversity"] == 1.0
+    assert state["model_config"]["chroma"] and state["model_config"]["rhythm"] and state["train_config"]["terms"] == {"diversity": 1.0}
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "d_loss" in x]
-    assert logged and all(0 <= x["diversity_shortfall"] <= 1 for x in logged)
+    assert logged and all(0 <= x["diversity"] <= 1 for x in logged)
     assert len(state["key_moves"]) == len(MOVES) and sum(state["key_moves"]) == len(RollDataset(data))
     generator, meta = load_generator(run / "checkpoints" / "last.pt")
     assert generator.key is not None and meta["key_moves"] == state["key_moves"]

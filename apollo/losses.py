@@ -1,0 +1,97 @@
+"""What the adversarial game sees and scores: the GAN losses, their penalties, and the views of a
+roll that both networks share.
+
+The discriminator judges generated rolls as the decoder will read them (:func:`as_judged`), and
+real and generated rolls alike move at random before it sees them (:func:`shift_randomly`), so
+that it cannot win by spotting what no listener would hear or by learning a small corpus by heart.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LOSSES", "R1_EVERY", "discriminator_loss", "generator_loss", "gradient_penalty", "r1_penalty",
+           "shift_randomly", "as_judged", "as_decoded", "begins_to_sound"]
+
+LOSSES = ("bce", "wgan-gp", "hinge")
+R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2: a third of the cost)
+
+
+def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """The discriminator's loss from its logits on real and generated rolls (WGAN-GP: without penalty)."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(real, torch.full_like(real, 1.0 - smoothing)) + \
+            F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    return fake.mean() - real.mean()  # wgan-gp: the critic widens the gap between the two
+
+
+def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """The generator's loss from the discriminator's logits on its rolls."""
+    if kind == "bce":  # the non-saturating form: -log D(G(z)), which keeps gradients when D wins
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    return -fake.mean()
+
+
+def gradient_penalty(scores: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: (|grad of the critic at points between real and fake| - 1) squared, averaged."""
+    (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
+    return ((grad.float().flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def r1_penalty(scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): the squared gradient of D at real rolls, averaged; it keeps D
+    from sharpening its boundary around the training set, which is what lets it run away from G."""
+    (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+    return grad.float().flatten(1).square().sum(dim=1).mean()
+
+
+
+def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Generator, unit: int = 1) -> torch.Tensor:
+    """Each roll moved along ``dim`` (2: pitch, 3: time) by its own random -N..N cells, in multiples
+    of ``unit``, silence filling in.
+
+    Augmentation for the discriminator only, applied alike to real and generated rolls (as in
+    DiffAugment): on a few hundred chunks a discriminator otherwise learns the training set by
+    heart. It is a permutation of cells, so the generator's gradients pass through it.
+    """
+    n, size = rolls.shape[0], rolls.shape[dim]
+    shift = unit * torch.randint(-(max_shift // unit), max_shift // unit + 1, (n, 1), device=rolls.device, generator=rng)
+    source = torch.arange(size, device=rolls.device) - shift  # [n, size]: the cell that lands here
+    view = [n, 1, 1, 1]
+    view[dim] = size
+    inside = ((source >= 0) & (source < size)).to(rolls.dtype).reshape(view)
+    index = source.clamp(0, size - 1).reshape(view).expand_as(rolls)
+    return torch.gather(rolls, dim, index) * inside
+
+
+def as_judged(probs: torch.Tensor, binarize: bool, encoding: str) -> torch.Tensor:
+    """Generated probabilities as the discriminator judges them: with ``binarize``, 0/1 cells like
+    the real rolls (forward: thresholded at 0.5; backward: the identity, straight-through), and,
+    for the onset encoding, read as the decoder reads them (:func:`as_decoded`)."""
+    if binarize:
+        probs = probs + ((probs > 0.5).to(probs.dtype) - probs).detach()
+    return as_decoded(probs) if encoding == "onset" else probs
+
+
+def begins_to_sound(sounding: torch.Tensor) -> torch.Tensor:
+    """Cells [..., T] where a pitch sounds and did not one step earlier: where a note must start."""
+    return sounding * (1 - F.pad(sounding, (1, 0))[..., :-1])
+
+
+def as_decoded(planes: torch.Tensor) -> torch.Tensor:
+    """Generated onset-encoded planes [B, 2, P, T] as :meth:`PianoRoll.decode` reads them.
+
+    Decoding keeps an onset only where the pitch sounds, and starts a note wherever a pitch begins
+    to sound after silence. Real rolls obey both rules cell for cell, so without this a discriminator
+    wins by spotting one stray onset in a generated roll, long before it learns anything musical.
+    The expression is exact on 0/1 cells (and the identity on real rolls) and smooth in between,
+    so the generator's gradients pass through it.
+    """
+    sounding, onset = planes[:, :1], planes[:, 1:]
+    starts = begins_to_sound(sounding)
+    onset = sounding * (onset + starts - onset * starts)  # sounding and (onset or start)
+    return torch.cat([sounding, onset], dim=1)
+

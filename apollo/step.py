@@ -1,0 +1,137 @@
+"""One training step of the DCGAN: the discriminator's updates, then the generator's.
+
+:class:`TrainingStep` is the whole algorithm of a step, and the only copy of it: ``apollo train``
+(:func:`apollo.train.train`) calls it in its loop and bench/train.py times it. Everything random in
+a step comes from a generator reseeded from (seed, rank, step), so a step is a pure function of the
+weights, the optimizers' state and the step number: that is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from apollo.losses import (R1_EVERY, as_judged, discriminator_loss, generator_loss, gradient_penalty, r1_penalty,
+                           shift_randomly)
+from apollo.terms import TERMS, Batch
+
+__all__ = ["TrainingStep", "update_ema", "grad_norm"]
+
+STATS = ("d_loss", "g_loss", "d_real", "d_fake", "penalty")  # what every step reports, then its terms
+
+
+@torch.no_grad()
+def update_ema(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * model, for weights; buffers are copied."""
+    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - decay)
+    for mine, theirs in zip(average.buffers(), model.buffers()):
+        mine.copy_(theirs)
+
+
+def grad_norm(module: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+class TrainingStep:
+    """``step(i, real_batch)`` trains step ``i``: ``n_critic`` discriminator updates on real batches
+    ``real_batch(i * n_critic + k)`` against fresh fakes, then one generator update against the
+    updated discriminator, then the moving average. Returns the step's numbers (:attr:`names`) as
+    one tensor on the device, so that logging needs no device sync on most steps.
+
+    ``G`` and ``D`` are called as given (DistributedDataParallel wrappers under torchrun); the
+    plain modules inside them are used where only one process's view is wanted.
+    """
+
+    def __init__(self, config, G: nn.Module, D: nn.Module, g_opt: torch.optim.Optimizer,
+                 d_opt: torch.optim.Optimizer, G_ema: nn.Module | None, *, encoding: str, steps_per_beat: int,
+                 device: torch.device, rank: int = 0) -> None:
+        self.config, self.G, self.D, self.g_opt, self.d_opt, self.G_ema = config, G, D, g_opt, d_opt, G_ema
+        self.G_plain, self.D_plain = getattr(G, "module", G), getattr(D, "module", D)
+        self.encoding, self.steps_per_beat, self.device, self.rank = encoding, steps_per_beat, device, rank
+        self.terms = [(TERMS[name], weight) for name, weight in config.terms.items()]
+        self.names = (*STATS, *(term.name for term, _ in self.terms))
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        self.layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.rng = torch.Generator(device)
+        self.noise_shape = self.G_plain.config.noise_shape
+        self.grad_norms = torch.zeros(2, device=device)  # D's and G's, measured when asked
+
+    def seen_by_d(self, rolls: torch.Tensor) -> torch.Tensor:
+        """What the discriminator is shown: real or fake rolls alike, moved at random in pitch and in
+        time and blurred by instance noise, as far as the config asks for it."""
+        config = self.config
+        if config.augment_transpose:
+            rolls = shift_randomly(rolls, config.augment_transpose, 2, self.rng)
+        if config.augment_shift:
+            unit = self.steps_per_beat if config.shift_in_beats else 1
+            rolls = shift_randomly(rolls, config.augment_shift, 3, self.rng, unit)
+        if config.instance_noise:
+            rolls = rolls + config.instance_noise * torch.randn(rolls.shape, device=self.device, generator=self.rng)
+        return rolls
+
+    def __call__(self, step: int, real_batch: Callable[[int], torch.Tensor], measure_norms: bool = False) -> torch.Tensor:
+        config, kind, layout, autocast = self.config, self.config.loss, self.layout, self.autocast
+        n_critic = config.n_critic
+        self.rng.manual_seed(((config.seed * 1_000_003 + self.rank) * 1_000_000_007 + step) % 2**63)
+
+        # Discriminator: n_critic updates, each on a fresh real batch against fresh fakes.
+        for k in range(n_critic):
+            real = real_batch(step * n_critic + k).contiguous(memory_format=layout)
+            noise = torch.randn(real.shape[0], *self.noise_shape, device=self.device, generator=self.rng)
+            last = k == n_critic - 1
+            with autocast, torch.set_grad_enabled(last):  # the last fakes also train G below
+                probs = self.G(noise.contiguous(memory_format=layout))
+                fake = as_judged(probs, config.binarize, self.encoding)
+            with autocast:
+                seen_real, seen_fake = self.seen_by_d(real), self.seen_by_d(fake.detach())
+                lazy_r1 = config.r1 and kind != "wgan-gp" and step % R1_EVERY == 0
+                if lazy_r1:
+                    seen_real = seen_real.detach().requires_grad_(True)
+                inputs = [seen_real, seen_fake]
+                if kind == "wgan-gp":
+                    alpha = torch.rand(real.shape[0], 1, 1, 1, device=self.device, generator=self.rng)
+                    mixed = (alpha * seen_real + (1 - alpha) * seen_fake).detach().requires_grad_(True)
+                    inputs.append(mixed)
+                # One pass over real and fake together: one forward per backward, as DDP wants.
+                scores = self.D(torch.cat(inputs).contiguous(memory_format=layout)).float()
+                real_scores, fake_scores = scores[: len(real)], scores[len(real) : 2 * len(real)]
+                d_loss = discriminator_loss(kind, real_scores, fake_scores, config.label_smoothing)
+                penalty = torch.zeros((), device=self.device)
+                if kind == "wgan-gp":
+                    penalty = gradient_penalty(scores[2 * len(real) :], mixed)
+                    d_loss = d_loss + config.gp_weight * penalty
+                elif lazy_r1:  # every R1_EVERY steps, as much as it would weigh in all of them
+                    penalty = r1_penalty(real_scores, seen_real)
+                    d_loss = d_loss + config.r1 / 2 * R1_EVERY * penalty
+            self.d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            if measure_norms and last:
+                self.grad_norms[0] = grad_norm(self.D_plain)
+            self.d_opt.step()
+
+        # Generator: fool the updated discriminator. D_plain (not the DDP wrapper) with its weights
+        # frozen: only G's gradients are wanted, and only G's need averaging.
+        self.D_plain.requires_grad_(False)
+        with autocast:
+            g_loss = generator_loss(kind, self.D_plain(self.seen_by_d(fake).contiguous(memory_format=layout)).float())
+            batch = Batch(fake.float(), real.float(), probs, self.steps_per_beat)
+            terms = [term.compute(batch) for term, _ in self.terms]
+            for (_, weight), value in zip(self.terms, terms):
+                g_loss = g_loss + weight * value
+        self.g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        if measure_norms:
+            self.grad_norms[1] = grad_norm(self.G_plain)
+        self.g_opt.step()
+        self.D_plain.requires_grad_(True)
+        if self.G_ema is not None:
+            done = step + 1
+            update_ema(self.G_ema, self.G_plain, min(config.ema, done / (done + 10)))
+
+        as_prob = torch.sigmoid if kind == "bce" else torch.as_tensor  # D(x) as a probability where it is one
+        return torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
+                            as_prob(fake_scores.detach()).mean(), penalty.detach(),
+                            *(value.detach() for value in terms)])
