@@ -91,7 +91,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         if "generator" not in state:
             raise ApolloError(f"{path}: not an Apollo checkpoint (no generator weights)")
         weights = state.get("generator_ema", state["generator"])  # the moving average samples best
-        meta = {k: v for k, v in state.items() if k.endswith("_config") or k in ("step", "apollo_version", "key_moves")}
+        meta = {k: v for k, v in state.items()
+                if k.endswith("_config") or k in ("step", "apollo_version", "key_moves", "provenance")}
     if "model_config" not in meta:
         raise ApolloError(f"{path}: not an Apollo model (no model_config)")
     generator = Generator(ModelConfig(**meta["model_config"]))

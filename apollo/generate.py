@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # torch is imported only when a model is loaded
 __all__ = [
     "BUNDLED_DIR",
     "BUNDLED_MODEL",
+    "bundled_decoding",
     "DEFAULT_TEMPO",
     "GenerateResult",
     "GeneratedPiece",
@@ -77,6 +78,16 @@ WINDOWS_PER_BATCH = 16  # windows pushed through the generator at once (bounds m
 
 
 ModelChoice = FoundFile  # the model file to generate with, and why it was chosen
+
+
+def bundled_decoding() -> Decoding | None:
+    """The bundled model's own decoding, from its readable metadata (``generator.json``), or None."""
+    import json
+
+    try:
+        return Decoding(**json.loads((BUNDLED_DIR / "generator.json").read_text())["decoding"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def find_model(
@@ -352,8 +363,8 @@ def export_model(
 ) -> Path:
     """Export a training checkpoint's generator as safetensors (the bundled model's format).
 
-    Writes ``out`` and, beside it, ``<stem>.json`` with the provenance (command, seed, run
-    summary...). ``half`` stores the weights as float16, halving the file; they are read back
+    Writes ``out`` and, beside it, ``<stem>.json`` with the provenance: the checkpoint's (the recipe
+    and stage that trained it, the commit of the code) and ``provenance`` (command, run summary...). ``half`` stores the weights as float16, halving the file; they are read back
     into float32. ``tempo`` records the tempo `apollo generate` should use by default, and
     ``decoding`` the decoding (:func:`apollo.decoding.calibrate` chooses one).
     """
@@ -366,7 +377,9 @@ def export_model(
     out = Path(out)
     extra = {
         "tempo": spec.tempo if tempo is None else tempo,
-        "provenance": {"source_checkpoint": Path(checkpoint).name, "step": meta.get("step"), **(provenance or {})},
+        # The checkpoint's own provenance (the recipe and stage that made it, the code's commit) first.
+        "provenance": {"source_checkpoint": Path(checkpoint).name, "step": meta.get("step"),
+                       **meta.get("provenance", {}), **(provenance or {})},
     }
     if decoding is not None:
         extra["decoding"] = decoding.to_dict()

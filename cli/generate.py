@@ -10,9 +10,12 @@ from pathlib import Path
 import click
 from apollo.cli.render import INSTRUMENT, describe, soundfont_option
 
+from apollo.decoding import Decoding
+from apollo.generate import DEFAULT_TEMPO, bundled_decoding
 from apollo.instruments import instrument_name
 
 PROBABILITY = click.FloatRange(0, 1, min_open=True, max_open=True)
+DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --help
 
 
 @click.command()
@@ -27,16 +30,17 @@ PROBABILITY = click.FloatRange(0, 1, min_open=True, max_open=True)
               help="Pieces to generate; several are numbered beside OUT (out-01.mid, ...).")
 @click.option("--seed", type=click.IntRange(min=0), help="Same seed, same files. Default: random (printed).")
 @click.option("--bars", type=click.IntRange(min=1), help="Length in bars of 4/4. Default: one window of the model (16).")
-@click.option("--tempo", type=click.FloatRange(10, 400), help="Beats per minute. Default: the model's (else 100).")
+@click.option("--tempo", type=click.FloatRange(10, 400), help=f"Beats per minute. Default: the model's (else {DEFAULT_TEMPO:g}).")
 @click.option("--threshold", type=PROBABILITY,
               help="A cell sounds where its probability is above this; lower gives more notes. "
-              "Default: the model's own (the bundled model's: 0.45), else 0.5.")
+              f"Default: the model's own (the bundled model's: {BUNDLED.threshold:g}), else {DEFAULT.threshold:g}.")
 @click.option("--onset-threshold", type=PROBABILITY,
               help="A held note is struck again where its onset probability is above this; higher gives "
-              "longer notes. Default: the model's own (the bundled model's: 0.65), else --threshold.")
+              f"longer notes. Default: the model's own (the bundled model's: {BUNDLED.effective[1]:g}), "
+              "else --threshold.")
 @click.option("--min-length", type=click.IntRange(min=1), metavar="STEPS",
               help="A pitch must sound this many steps in a row; shorter flickers stay silent (1 keeps all). "
-              "Default: the model's own (else 2).")
+              f"Default: the model's own (the bundled model's: {BUNDLED.min_length}), else {DEFAULT.min_length}.")
 @click.option("--transpose", type=click.IntRange(-24, 24), metavar="SEMITONES",
               help="Move every piece by this many semitones. Default: a model trained in one key "
               "(--normalize-key) writes each piece in a key drawn from its corpus's keys.")

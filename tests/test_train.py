@@ -381,3 +381,20 @@ def test_chroma_paths_and_the_diversity_term_train_on_a_key_normalized_dataset(c
     assert len(state["key_moves"]) == len(MOVES) and sum(state["key_moves"]) == len(RollDataset(data))
     generator, meta = load_generator(run / "checkpoints" / "last.pt")
     assert generator.key is not None and meta["key_moves"] == state["key_moves"]
+
+
+def test_a_run_saved_by_an_earlier_apollo_still_resumes_and_generates(chorale_dir, tmp_path):
+    """tests/data/run-saved-2026-12-05: two steps of a width-8 model, saved by the code of that day."""
+    saved = Path(__file__).parent / "data" / "run-saved-2026-12-05"
+    data = tmp_path / "chorales"
+    preprocess(chorale_dir, data, DatasetConfig(), workers=1)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    state = load_checkpoint(saved / "checkpoints" / "last.pt")
+    save_checkpoint(run / "checkpoints" / "last.pt", {**state, "data": str(data)})  # the dataset lives elsewhere here
+    assert saved_train_config(run / "checkpoints" / "last.pt").terms == {"diversity": 1.0, "texture": 2.0}
+    train(TrainConfig(steps=3), resume=run, progress=False)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+    result = CliRunner().invoke(cli, ["generate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--seed", "1",
+                                      str(tmp_path / "out.mid")])
+    assert result.exit_code == 0 and (tmp_path / "out.mid").is_file(), result.output
