@@ -21,13 +21,12 @@ from apollo.dataset import DatasetConfig, read_manifest
 from apollo.errors import ApolloError, MidiError
 from apollo.midi import MidiNotes, read_notes, write_notes
 from apollo.preprocess import (
-    _context,
     chunk_piece,
     find_midi_files,
-    isolated_map,
     preprocess,
 )
 from apollo.roll import PianoRoll
+from apollo.workers import _context, isolated_map
 
 BROKEN = Path(__file__).parent / "data" / "broken"
 CONFIG = DatasetConfig(transpose=(-1, 1))
