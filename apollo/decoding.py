@@ -11,8 +11,8 @@ The thresholds are part of the model's output, so they are chosen like a checkpo
 OA, on data that is not the reference of the reported results. :func:`calibrate` decodes one set
 of samples with each candidate, measures them against the **training split**, and keeps the
 highest mean OA among the candidates that put no metric outside the tolerance that the default
-decoding keeps inside it: calibration may not buy overlap with a metric that was right
-(docs/results.md, eighth round, calibrates the bundled model this way).
+decoding keeps inside it: calibration may not buy overlap with a metric that was right.
+bench/calibrate_decoding.py calibrates the bundled model this way.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 
 from apollo.errors import ApolloError
 
-__all__ = ["DEVICES", "PRECISIONS", "resolve_device", "choose_precision", "cpu_has_native_bf16"]
+__all__ = ["DEVICES", "PRECISIONS", "resolve_device", "choose_precision", "cpu_has_native_bf16", "use_fast_kernels"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -71,3 +71,10 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
             return "bf16", "auto: this CPU has native bfloat16 (AVX-512 BF16 or AMX)"
         return "fp32", "auto: this CPU has no native bfloat16, where it would be about 30x slower"
     return "fp32", f"auto: bfloat16 is not measured on {device.type}"
+
+
+def use_fast_kernels(device: torch.device) -> None:
+    """On CUDA: let cuDNN pick the fastest kernels for the fixed shapes, and TF32 matmuls."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

@@ -251,7 +251,7 @@ class PianoRoll:
         where the sounding plane is set too, and the onset plane is read at ``onset_threshold``
         (default: ``threshold``). A generator unsure whether to strike a held note again leaves
         that onset cell near 0.5, and each such cell cuts one note in two; a higher onset
-        threshold keeps the note whole (docs/results.md, eighth round). A sounding run that
+        threshold keeps the note whole. A sounding run that
         follows silence always starts a note. A pitch that sounds for fewer than ``min_length``
         consecutive steps stays silent: with 2, the single cells a generator leaves just above the
         threshold (docs/results.md) are dropped, while repeated notes within a longer sounding run

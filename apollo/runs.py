@@ -139,6 +139,19 @@ class RunLog:
             if value is not None and key != "time":
                 self.writer.add_scalar(prefix + key, value, step)
 
+    def training(self, step: int, seconds: float, names: tuple[str, ...], means, grad_norms,
+                 samples_per_s: float, penalty: bool) -> dict:
+        """The metrics line of a stretch of training steps: their mean losses, D(real), D(fake), the
+        penalty (where the loss has one) and each term; the last step's gradient norms; the speed."""
+        record = dict(zip(names, means.tolist()))
+        if not penalty:
+            del record["penalty"]
+        d_norm, g_norm = grad_norms.tolist()
+        record = {"time": round(seconds, 2), **record, "d_grad_norm": d_norm, "g_grad_norm": g_norm,
+                  "samples_per_s": samples_per_s}
+        self.scalars(step, record)
+        return record
+
     def image(self, name: str, picture: np.ndarray, step: int) -> None:
         self.writer.add_image(name, picture, step, dataformats="HWC")
 

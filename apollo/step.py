@@ -9,6 +9,7 @@ weights, the optimizers' state and the step number: that is what makes resuming 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from apollo.losses import (R1_EVERY, as_judged, discriminator_loss, generator_lo
                            shift_randomly)
 from apollo.terms import TERMS, Batch
 
-__all__ = ["TrainingStep", "update_ema", "grad_norm"]
+__all__ = ["Networks", "TrainingStep", "update_ema", "grad_norm"]
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake", "penalty")  # what every step reports, then its terms
 
@@ -35,21 +36,54 @@ def grad_norm(module: nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
+@dataclass
+class Networks:
+    """What training updates: the two networks as called (DistributedDataParallel wrappers under
+    torchrun), their optimizers, and the moving average of the generator's weights (or None)."""
+
+    G: nn.Module
+    D: nn.Module
+    g_opt: torch.optim.Optimizer
+    d_opt: torch.optim.Optimizer
+    G_ema: nn.Module | None = None
+
+    @property
+    def generator(self) -> nn.Module:
+        """The generator module itself, unwrapped."""
+        return getattr(self.G, "module", self.G)
+
+    @property
+    def discriminator(self) -> nn.Module:
+        return getattr(self.D, "module", self.D)
+
+    @property
+    def sampler(self) -> nn.Module:
+        """What samples, is evaluated and is exported: the moving average where there is one."""
+        return self.G_ema if self.G_ema is not None else self.generator
+
+    def state(self) -> dict:
+        """The weights and optimizer states, as a training checkpoint holds them."""
+        return {"generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+                **({"generator_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}),
+                "g_optimizer": self.g_opt.state_dict(), "d_optimizer": self.d_opt.state_dict()}
+
+
 class TrainingStep:
     """``step(i, real_batch)`` trains step ``i``: ``n_critic`` discriminator updates on real batches
     ``real_batch(i * n_critic + k)`` against fresh fakes, then one generator update against the
     updated discriminator, then the moving average. Returns the step's numbers (:attr:`names`) as
     one tensor on the device, so that logging needs no device sync on most steps.
 
-    ``G`` and ``D`` are called as given (DistributedDataParallel wrappers under torchrun); the
-    plain modules inside them are used where only one process's view is wanted.
+    The networks are called as given (DistributedDataParallel wrappers under torchrun); the plain
+    modules inside them are used where only one process's view is wanted.
     """
 
-    def __init__(self, config, G: nn.Module, D: nn.Module, g_opt: torch.optim.Optimizer,
-                 d_opt: torch.optim.Optimizer, G_ema: nn.Module | None, *, encoding: str, steps_per_beat: int,
-                 device: torch.device, rank: int = 0) -> None:
-        self.config, self.G, self.D, self.g_opt, self.d_opt, self.G_ema = config, G, D, g_opt, d_opt, G_ema
-        self.G_plain, self.D_plain = getattr(G, "module", G), getattr(D, "module", D)
+    def __init__(self, config, networks: Networks, *, encoding: str, steps_per_beat: int, device: torch.device,
+                 rank: int = 0) -> None:
+        self.config = config
+        self.G, self.D, self.g_opt, self.d_opt, self.G_ema = (networks.G, networks.D, networks.g_opt, networks.d_opt,
+                                                               networks.G_ema)
+        self.G_plain, self.D_plain = networks.generator, networks.discriminator
         self.encoding, self.steps_per_beat, self.device, self.rank = encoding, steps_per_beat, device, rank
         self.terms = [(TERMS[name], weight) for name, weight in config.terms.items()]
         self.names = (*STATS, *(term.name for term, _ in self.terms))

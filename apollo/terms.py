@@ -249,7 +249,7 @@ TERMS: dict[str, Term] = {term.name: term for term in (
 )}
 
 # Terms that measured no gain and were removed; a run that used one cannot go on with it.
-RETIRED = {"confidence": "a penalty on probabilities near 0.5 (it measured no gain; see docs/results.md)"}
+RETIRED = {"confidence": "a penalty on probabilities near 0.5 (it measured no gain; docs/training.md)"}
 
 
 def check_terms(weights: Mapping[str, float]) -> dict[str, float]:

@@ -31,7 +31,7 @@ from torch import nn
 from apollo import distributed
 from apollo.checkpoint import latest_checkpoint, save_checkpoint
 from apollo.dataset import Batches, RollDataset, find_latest_dataset
-from apollo.device import DEVICES, PRECISIONS, choose_precision, resolve_device
+from apollo.device import DEVICES, PRECISIONS, choose_precision, resolve_device, use_fast_kernels
 from apollo.errors import ApolloError
 from apollo.io import write_json
 from apollo.key import move_histogram
@@ -40,7 +40,7 @@ from apollo.model import PRESETS, Discriminator, Generator, ModelConfig
 from apollo.roll import ENCODINGS
 from apollo.runs import (RunLog, evaluate, find_run, generate_rolls, migrate_train_config, new_run_dir,
                          read_training_checkpoint, source_commit, write_samples)
-from apollo.step import TrainingStep
+from apollo.step import Networks, TrainingStep
 from apollo.terms import check_terms, outdated, versions
 
 __all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_checkpoint", "resolve_device"]
@@ -121,10 +121,11 @@ class TrainConfig:
 
 def settle(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, str]:
     """Replace every "choose for the device" setting by its choice, so the saved config says what
-    ran; and why the precision is what it is."""
+    ran; and why the precision is what it is. Neither steps nor minutes: :data:`DEFAULT_MINUTES`."""
     precision, why = choose_precision(config.precision, device)
     return dataclasses.replace(
         config,
+        minutes=DEFAULT_MINUTES if config.steps is None and config.minutes is None else config.minutes,
         preset=("apollo" if device.type == "cuda" else "small") if config.preset == "auto" else config.preset,
         n_critic=(5 if config.loss == "wgan-gp" else 1) if config.n_critic is None else config.n_critic,
         precision=precision,
@@ -197,8 +198,11 @@ def starting_point(config: TrainConfig | None, data, resume, start_from, runs_ro
     return config or TrainConfig(), Path(data) if data is not None else find_latest_dataset(), None, None
 
 
-def build_networks(config: TrainConfig, model_config: ModelConfig, state: dict | None, device: torch.device):
-    """G, D, their optimizers and G's moving average (or None), from ``state`` when there is one."""
+def build_networks(config: TrainConfig, model_config: ModelConfig, state: dict | None,
+                   world: distributed.World) -> Networks:
+    """G, D, their optimizers and G's moving average, from ``state`` when there is one; wrapped for
+    DistributedDataParallel under torchrun."""
+    device = world.device
     torch.manual_seed(config.seed)  # the same weights on every process
     G, D = Generator(model_config).to(device), Discriminator(model_config).to(device)
     g_opt = torch.optim.Adam(G.parameters(), lr=config.lr, betas=config.betas)
@@ -223,7 +227,18 @@ def build_networks(config: TrainConfig, model_config: ModelConfig, state: dict |
         G_ema.load_state_dict(state["generator_ema"])
     if config.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    return G, D, g_opt, d_opt, G_ema
+    if world.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        G, D = nn.parallel.DistributedDataParallel(G, device_ids=ids), nn.parallel.DistributedDataParallel(D, device_ids=ids)
+    return Networks(G, D, g_opt, d_opt, G_ema)
+
+
+def validation_rolls(data: Path, config: TrainConfig, fallback: RollDataset) -> list:
+    """A fixed, seeded choice of up to ``n_reference`` validation rolls (training rolls where there are none)."""
+    val_set = RollDataset(data, split="val")
+    val_set = val_set if len(val_set) else fallback
+    pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(config.seed))
+    return val_set.rolls(sorted(pick[: config.n_reference].tolist()))
 
 
 @contextlib.contextmanager
@@ -302,11 +317,7 @@ def train(
     world = distributed.init(resolve_device(config.device))
     device = world.device
     config, why = settle(config, device)
-    if config.steps is None and config.minutes is None:
-        config = dataclasses.replace(config, minutes=DEFAULT_MINUTES)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    use_fast_kernels(device)
 
     # 2. Data: the training split as packed bits, a fixed slice of validation rolls to compare with.
     train_set = RollDataset(data, split="train")
@@ -319,18 +330,12 @@ def train(
 
     # 3. The two networks, their optimizers and the step that trains them.
     model_config = ModelConfig(**state["model_config"]) if state else model_config_for(config, train_set)
-    G_plain, D_plain, g_opt, d_opt, G_ema = build_networks(config, model_config, state, device)
-    G, D = G_plain, D_plain
-    if world.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        G, D = nn.parallel.DistributedDataParallel(G, device_ids=ids), nn.parallel.DistributedDataParallel(D, device_ids=ids)
-    beat = train_set.config.grid.steps_per_beat
-    training_step = TrainingStep(config, G, D, g_opt, d_opt, G_ema, encoding=train_set.config.encoding,
-                                 steps_per_beat=beat, device=device, rank=world.rank)
+    networks = build_networks(config, model_config, state, world)
+    training_step = TrainingStep(config, networks, encoding=train_set.config.encoding,
+                                 steps_per_beat=train_set.config.grid.steps_per_beat, device=device, rank=world.rank)
     step, best = (state["step"], state.get("best_metric")) if state is not None else (0, None)
-    G_sampling = G_ema if G_ema is not None else G_plain
-    fixed_noise = G_plain.sample_noise(max(config.n_samples, config.n_eval),
-                                       torch.Generator().manual_seed(config.seed + 1)).to(device)
+    fixed_noise = networks.generator.sample_noise(max(config.n_samples, config.n_eval),
+                                                  torch.Generator().manual_seed(config.seed + 1)).to(device)
     provenance = {**(state or {}).get("provenance", {}), **(provenance or {}), "commit": source_commit()}
 
     # 4. The run folder (main process only): config, logs, and the validation rolls to compare with.
@@ -347,33 +352,26 @@ def train(
         log.event({"event": "resume" if resume is not None else "start", "step": step, "steps": config.steps,
                    "minutes": config.minutes, "device": str(device), "precision": config.precision,
                    "world_size": world.size})
-        reference = []
-        if config.eval_every:
-            val_set = RollDataset(data, split="val")
-            val_set = val_set if len(val_set) else train_set
-            pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(config.seed))
-            reference = val_set.rolls(sorted(pick[: config.n_reference].tolist()))
+        reference = validation_rolls(data, config, train_set) if config.eval_every else []
     elif resume is None:
         run_dir = Path(run or runs_root)  # the other processes write nothing
 
     def checkpoint(name: str) -> None:
         save_checkpoint(run_dir / "checkpoints" / f"{name}.pt", {
-            "generator": G_plain.state_dict(), "discriminator": D_plain.state_dict(),
-            **({"generator_ema": G_ema.state_dict()} if G_ema is not None else {}),
-            "g_optimizer": g_opt.state_dict(), "d_optimizer": d_opt.state_dict(),
-            "model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(config),
-            "term_versions": versions(config.terms), "provenance": provenance,
-            "dataset_config": dataset_config, "data": str(data), "step": step, "best_metric": best,
-            **({"key_moves": key_moves} if key_moves is not None else {}), "torch_rng": torch.get_rng_state(),
+            **networks.state(), "model_config": dataclasses.asdict(model_config),
+            "train_config": dataclasses.asdict(config), "term_versions": versions(config.terms),
+            "provenance": provenance, "dataset_config": dataset_config, "data": str(data), "step": step,
+            "best_metric": best, **({"key_moves": key_moves} if key_moves is not None else {}),
+            "torch_rng": torch.get_rng_state(),
         })
 
     def write_sample_set() -> None:
-        rolls = generate_rolls(G_sampling, fixed_noise[: config.n_samples], train_set.config)
+        rolls = generate_rolls(networks.sampler, fixed_noise[: config.n_samples], train_set.config)
         log.image("samples", write_samples(rolls, run_dir / "samples" / f"step-{step:06d}"), step)
 
     def evaluate_and_keep_best() -> None:
         nonlocal best
-        quality = evaluate(generate_rolls(G_sampling, fixed_noise[: config.n_eval], train_set.config), reference)
+        quality = evaluate(generate_rolls(networks.sampler, fixed_noise[: config.n_eval], train_set.config), reference)
         log.scalars(step, quality, prefix="eval/")
         duplicates = quality["near_duplicate_rate"] or 0.0  # None: fewer than two pieces
         if quality["mean_oa"] is not None and duplicates <= config.best_max_duplicates and \
@@ -393,8 +391,8 @@ def train(
     sums, n_summed, interval_start = 0.0, 0, time.perf_counter()
     started = last_save = time.monotonic()
     reason = "done"
-    G.train()
-    D.train()
+    networks.G.train()
+    networks.D.train()
     with stop_on_signal() as request:
         while True:
             # Stop between steps only, so that a checkpoint always holds a whole step.
@@ -410,15 +408,11 @@ def train(
             step, n_summed = step + 1, n_summed + 1
             bar.update(1)
             if log_now and world.main:
-                means = dict(zip(training_step.names, (sums / n_summed).tolist()))
-                if not (config.loss == "wgan-gp" or config.r1):
-                    del means["penalty"]
-                samples_per_s = n_summed * config.n_critic * config.batch_size * world.size / (time.perf_counter() - interval_start)
-                d_norm, g_norm = training_step.grad_norms.tolist()
-                log.scalars(step, {"time": round(time.monotonic() - started, 2), **means, "d_grad_norm": d_norm,
-                                   "g_grad_norm": g_norm, "samples_per_s": samples_per_s})
+                speed = n_summed * config.n_critic * config.batch_size * world.size / (time.perf_counter() - interval_start)
+                means = log.training(step, time.monotonic() - started, training_step.names, sums / n_summed,
+                                     training_step.grad_norms, speed, penalty=config.loss == "wgan-gp" or bool(config.r1))
                 bar.set_postfix(d=f"{means['d_loss']:.3f}", g=f"{means['g_loss']:.3f}", real=f"{means['d_real']:.2f}",
-                                fake=f"{means['d_fake']:.2f}", sps=f"{samples_per_s:.0f}")
+                                fake=f"{means['d_fake']:.2f}", sps=f"{means['samples_per_s']:.0f}")
             if log_now:
                 sums, n_summed, interval_start = 0.0, 0, time.perf_counter()
             if world.main and config.sample_every and step % config.sample_every == 0:
@@ -433,7 +427,7 @@ def train(
     bar.close()
     if world.distributed:
         # Batch-norm running statistics drift apart between DDP's broadcasts: end identical.
-        for buffer in G_plain.buffers():
+        for buffer in networks.generator.buffers():
             torch.distributed.broadcast(buffer, 0)
     if world.main:
         if reason != "interrupted":  # a last look at where training ended (Ctrl-C wants out fast)

@@ -32,6 +32,7 @@ import torch
 
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset
+from apollo.distributed import World
 from apollo.device import choose_precision, cpu_has_native_bf16, resolve_device
 from apollo.model import ModelConfig
 from apollo.runs import evaluate, generate_rolls, write_samples
@@ -47,9 +48,8 @@ def sync(device: torch.device) -> None:
 def step_rate(config: TrainConfig, model_config: ModelConfig, encoding: str, steps_per_beat: int,
               device: torch.device, steps: int, warmup: int) -> float:
     """Samples per second of the training step on random rolls."""
-    G, D, g_opt, d_opt, G_ema = build_networks(config, model_config, None, device)
-    step = TrainingStep(config, G, D, g_opt, d_opt, G_ema, encoding=encoding, steps_per_beat=steps_per_beat,
-                        device=device)
+    step = TrainingStep(config, build_networks(config, model_config, None, World(device=device)),
+                        encoding=encoding, steps_per_beat=steps_per_beat, device=device)
     real = (torch.rand(config.batch_size, model_config.roll_channels, model_config.n_pitches, model_config.n_steps,
                        device=device, generator=torch.Generator(device).manual_seed(0)) < 0.04).float()
     for i in range(warmup):
