@@ -90,7 +90,8 @@ def load_recipe(name: str | Path, text: str | None = None) -> Recipe:
                 known = [p.stem for p in RECIPES_DIR.glob("*.toml")]
                 near = difflib.get_close_matches(str(name), known, n=2, cutoff=0.5)
                 hint = f"did you mean {' or '.join(near)}? " if near else ""
-                raise ApolloError(f"no recipe named {name!r}; {hint}`apollo recipes` lists them ({', '.join(sorted(known))})")
+                raise ApolloError(f"no recipe named {name!r}; {hint}`apollo recipes` lists them "
+                                  f"({', '.join(sorted(known))})")
         try:
             text = path.read_text()
         except OSError as error:

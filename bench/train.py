@@ -33,7 +33,7 @@ import torch
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset
 from apollo.distributed import World
-from apollo.device import choose_precision, cpu_has_native_bf16, resolve_device
+from apollo.device import cpu_has_native_bf16, resolve_device
 from apollo.model import ModelConfig
 from apollo.runs import evaluate, generate_rolls, write_samples
 from apollo.step import TrainingStep
@@ -163,7 +163,8 @@ def main() -> None:
     print(f"auto chooses {config.precision} ({why})")
 
     layouts = (True, False) if args.variants else (True,)
-    variants = {f"{precision} {'NHWC' if nhwc else 'NCHW'}": dataclasses.replace(config, precision=precision, channels_last=nhwc)
+    variants = {f"{precision} {'NHWC' if nhwc else 'NCHW'}":
+                dataclasses.replace(config, precision=precision, channels_last=nhwc)
                 for nhwc in layouts for precision in ("fp32", "bf16")}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     trainer: list[float] = []
@@ -185,7 +186,8 @@ def main() -> None:
     if not trainer:
         return
     trainer_median = statistics.median(trainer)
-    print(f"  apollo train ({config.precision}): {trainer_median:8.1f} samples/s   runs: " + " ".join(f"{v:.1f}" for v in trainer))
+    print(f"  apollo train ({config.precision}): {trainer_median:8.1f} samples/s   runs: "
+          + " ".join(f"{v:.1f}" for v in trainer))
     # Periodic work, spread over its default interval at the trainer's pace.
     step_seconds = config.batch_size / trainer_median
     spread = {
