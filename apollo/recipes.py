@@ -235,7 +235,8 @@ def prepare_data(recipe: Recipe, progress: bool = True) -> Path:
 def run_recipe(recipe: Recipe | str | Path, *, data: str | Path | None = None, run: str | Path | None = None,
                runs_root: str | Path = "runs", overrides: dict[str, Any] | None = None,
                limit_steps: int | None = None, progress: bool = True) -> Path:
-    """Run every stage of ``recipe`` and return the last stage's run folder.
+    """Run every stage of ``recipe`` and return the last stage's run folder (or the stage where
+    it stopped early: Ctrl-C, or out of ``minutes``; resuming goes on from there).
 
     ``data`` replaces the recipe's dataset; ``overrides`` (TrainConfig fields) apply to every
     stage; ``limit_steps`` trains each stage only that many steps (a quick check of the recipe).
@@ -257,7 +258,7 @@ def run_recipe(recipe: Recipe | str | Path, *, data: str | Path | None = None, r
 
 def resume_recipe(folder: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Go on with the recipe run in ``folder`` where it stopped. ``overrides`` may change only
-    where and in what arithmetic it runs (device, precision)."""
+    where, in what arithmetic and for how long this session runs (device, precision, minutes)."""
     from apollo.train import train
 
     folder = Path(folder)
@@ -292,5 +293,9 @@ def _run_stages(recipe: Recipe, folder: Path, data: Path, overrides: dict, limit
                 shutil.rmtree(stage_dir)
             train(config, data=data if start is None else None, run=stage_dir, start_from=start, progress=progress,
                   provenance={"recipe": recipe.name, "stage": stage_dir.name})
+        if read_training_checkpoint(last)["step"] < target:  # stopped early: Ctrl-C, or out of minutes
+            print(f"The recipe stopped in stage {stage_dir.name}; go on with: apollo train --resume {folder}",
+                  file=sys.stderr)
+            return stage_dir
         previous = stage_dir
     return previous

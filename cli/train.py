@@ -19,7 +19,7 @@ from apollo.train import TrainConfig, saved_train_config, train as run_training
 # else would make the continuation a different run.
 RESUMABLE = ("steps", "minutes", "device", "precision", "resume", "progress")
 # What a recipe leaves to the command line: where its data and run are, and where it runs.
-WITH_RECIPE = ("recipe", "data", "run", "device", "precision", "settings", "progress")
+WITH_RECIPE = ("recipe", "data", "run", "device", "precision", "minutes", "settings", "progress")
 
 
 @click.command("train")
@@ -65,14 +65,18 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
         refuse(given, RESUMABLE, flags, "--resume continues a run with its own settings",
                "only --steps, --minutes, --device and --precision may change")
         if (resume / RECIPE_FILE).is_file():
-            resume_recipe(resume, {"device": device, "precision": precision}, progress=progress)
+            if steps is not None:
+                raise click.UsageError("--steps: a recipe's stages say how many steps they train")
+            session = {"device": device, "precision": precision, **({"minutes": minutes} if minutes is not None else {})}
+            resume_recipe(resume, session, progress=progress)
         else:
             run_training(TrainConfig(steps=steps, minutes=minutes, device=device, precision=precision),
                          resume=resume, progress=progress)
         return
     if recipe is not None:
         refuse(given, WITH_RECIPE, flags, "--recipe says how to train", "give a changed recipe file instead")
-        overrides = {**parse_settings(settings, TrainConfig()), "device": device, "precision": precision}
+        overrides = {**parse_settings(settings, TrainConfig()), "device": device, "precision": precision,
+                     **({"minutes": minutes} if minutes is not None else {})}
         run_recipe(load_recipe(recipe), data=data, run=run, overrides=overrides, progress=progress)
         return
     # Fresh settings, or a checkpoint's; changed where the command line says.

@@ -93,6 +93,17 @@ def test_a_recipe_run_goes_on_where_it_stopped(data, tmp_path):
     assert resume_recipe(tmp_path / "run", progress=False) == second  # nothing left to do
 
 
+def test_a_recipe_out_of_time_stops_in_its_stage_and_goes_on_when_resumed(data, tmp_path, capsys):
+    recipe = load_recipe("two", text=TWO_STAGES)
+    settings = {k: v for k, v in TINY.items() if k != "preset"}
+    stopped = run_recipe(recipe, data=data, run=tmp_path / "run", overrides={**settings, "minutes": 0}, progress=False)
+    assert stopped.name == "1-first" and not (tmp_path / "run" / "2-second").exists()  # the next stage never starts
+    assert f"go on with: apollo train --resume {tmp_path / 'run'}" in capsys.readouterr().err
+    result = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "run"), "--minutes", "5", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "run" / "2-second" / "checkpoints" / "last.pt")["step"] == 5
+
+
 @pytest.mark.parametrize("text, message", [
     ("description = 1\n[[stage]]\nname = 'x'\n", "needs a whole number of steps"),
     ("[train]\nevel_every = 3\n[[stage]]\nsteps = 1\n", "did you mean eval_every"),
