@@ -23,6 +23,25 @@ def chorale_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def tiny_preset(monkeypatch) -> None:
+    """A `tiny` model preset (width 8): a training step takes milliseconds, and the loop still runs for real."""
+    from apollo.model import PRESETS, ModelConfig
+
+    monkeypatch.setitem(PRESETS, "tiny", ModelConfig(width=8))
+
+
+@pytest.fixture(scope="session")
+def chorale_dataset(chorale_dir, tmp_path_factory) -> Path:
+    """Those chorales through `apollo preprocess` with the default config: a real dataset."""
+    from apollo.dataset import DatasetConfig
+    from apollo.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("datasets") / "chorales"
+    preprocess(chorale_dir, out, DatasetConfig(), workers=1)
+    return out
+
+
+@pytest.fixture
 def c_major_roll() -> PianoRoll:
     """Two bars: a C-E-G triad held for a bar, then C4 struck four times (repeated notes)."""
     grid = Grid()

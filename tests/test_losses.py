@@ -7,16 +7,13 @@ import pytest
 import torch
 
 from apollo import losses
-from apollo.dataset import DatasetConfig, RollDataset
-from apollo.preprocess import preprocess
+from apollo.dataset import RollDataset
 from apollo.roll import PianoRoll
 
 
-@pytest.fixture(scope="module")
-def data(chorale_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("datasets") / "chorales"
-    preprocess(chorale_dir, out, DatasetConfig(), workers=1)
-    return out
+@pytest.fixture
+def data(chorale_dataset):
+    return chorale_dataset
 
 
 @pytest.mark.parametrize("dim", [2, 3])

@@ -13,7 +13,6 @@ from apollo.cli.main import cli
 from apollo.dataset import DatasetConfig
 from apollo.errors import ApolloError
 from apollo.generate import export_model
-from apollo.model import PRESETS, ModelConfig
 from apollo.preprocess import preprocess
 from apollo.recipes import load_recipe, parse_settings, resume_recipe, run_recipe, shipped_recipes
 from apollo.train import TrainConfig
@@ -38,9 +37,7 @@ terms = { diversity = 1, texture = 2 }
 """
 
 
-@pytest.fixture(autouse=True)
-def tiny_preset(monkeypatch):
-    monkeypatch.setitem(PRESETS, "tiny", ModelConfig(width=8))
+pytestmark = pytest.mark.usefixtures("tiny_preset")
 
 
 @pytest.fixture(scope="module")

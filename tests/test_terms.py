@@ -7,17 +7,14 @@ import pytest
 import torch
 
 from apollo import terms
-from apollo.dataset import DatasetConfig, RollDataset
+from apollo.dataset import RollDataset
 from apollo.errors import ApolloError
-from apollo.preprocess import preprocess
 from apollo.roll import PianoRoll
 
 
-@pytest.fixture(scope="module")
-def data(chorale_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("datasets") / "chorales"
-    preprocess(chorale_dir, out, DatasetConfig(), workers=1)
-    return out
+@pytest.fixture
+def data(chorale_dataset):
+    return chorale_dataset
 
 
 def test_diversity_shortfall_is_one_for_a_collapsed_generator_and_zero_for_real_variety():

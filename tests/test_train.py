@@ -27,17 +27,13 @@ TINY = dict(preset="tiny", batch_size=4, log_every=2, sample_every=4, eval_every
             n_reference=16)
 
 
-@pytest.fixture(autouse=True)
-def tiny_preset(monkeypatch):
-    monkeypatch.setitem(PRESETS, "tiny", ModelConfig(width=8))
+pytestmark = pytest.mark.usefixtures("tiny_preset")
 
 
-@pytest.fixture(scope="module")
-def data(chorale_dir, tmp_path_factory) -> Path:
+@pytest.fixture
+def data(chorale_dataset) -> Path:
     """A real dataset: two dozen chorales through `apollo preprocess`."""
-    out = tmp_path_factory.mktemp("datasets") / "chorales"
-    preprocess(chorale_dir, out, DatasetConfig(), workers=1)
-    return out
+    return chorale_dataset
 
 
 def weights(path: Path) -> dict:
