@@ -12,7 +12,7 @@ version that grows whenever its definition changes, so that a checkpoint trained
 definition says so (:func:`outdated`).
 
 Several terms are differentiable copies of statistics that ``apollo evaluate`` reports. Numbers a
-run was trained to match are not evidence of quality: see docs/metrics.md.
+run was trained to match are not evidence of quality: docs/metrics.md lists which term copies which.
 """
 
 from __future__ import annotations
