@@ -164,6 +164,7 @@ def parse_settings(assignments: list[str] | tuple[str, ...], config) -> dict[str
         if key not in types:
             configure(config, {key: None})  # the error names the nearest settings
         settings[key] = _read_value(key, text, types[key])
+    configure(config, settings)  # values out of range are refused here, naming --set
     return settings
 
 

@@ -65,12 +65,12 @@ def new_run_dir(run: str | Path | None, root: str | Path = "runs", prefix: str =
     raise ApolloError(f"could not find a free run name under {root}")
 
 
-def find_run(run: str | Path, root: str | Path = "runs", marker: str = "checkpoints/last.pt") -> Path:
-    """The run to resume: a path, or a name under ``root``, that holds ``marker``."""
+def find_run(run: str | Path, root: str | Path = "runs") -> Path:
+    """The run to resume: a path, or a name under ``root``; it must hold checkpoints/last.pt."""
     for path in (Path(run), Path(root) / run):
-        if (path / marker).is_file():
+        if (path / "checkpoints" / "last.pt").is_file():
             return path
-    raise ApolloError(f"no run to resume at {run} (no {marker} there or under {root}/)")
+    raise ApolloError(f"no run to resume at {run} (no checkpoints/last.pt there or under {root}/)")
 
 
 def source_commit() -> str | None:

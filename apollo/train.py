@@ -113,6 +113,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.steps is not None and self.steps < 0 or self.minutes is not None and self.minutes < 0:
             raise ValueError("steps and minutes must not be negative")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         try:
             object.__setattr__(self, "terms", check_terms(self.terms))  # known names, in registry order
         except ApolloError as error:

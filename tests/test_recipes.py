@@ -135,7 +135,7 @@ def test_settings_from_text_are_read_as_their_fields_types():
                                "label_smoothing=0.1"], TrainConfig())
     assert settings == {"eval_every": 100, "channels_last": False, "n_critic": None, "betas": (0.0, 0.9),
                         "label_smoothing": 0.1}
-    for bad, message in ((["eval_every=often"], "expected int"), (["r1"], "expected KEY=VALUE"),
+    for bad, message in ((["eval_every=often"], "expected int"), (["r1"], "expected KEY=VALUE"), (["betas=0.5"], "two numbers"),
                          (["terms=x"], "--term"), (["shift_in_beat=1"], "did you mean shift_in_beats")):
         with pytest.raises(ApolloError, match=message):
             parse_settings(bad, TrainConfig())
