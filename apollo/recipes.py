@@ -38,8 +38,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Recipe", "Stage", "RECIPES_DIR", "shipped_recipes", "load_recipe", "run_recipe", "configure",
-           "parse_settings", "parse_terms"]
+__all__ = ["Recipe", "Stage", "RECIPES_DIR", "shipped_recipes", "load_recipe", "run_recipe", "find_recipe_run",
+           "resume_recipe", "configure", "parse_settings", "parse_terms"]
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 RECIPE_FILE = "recipe.json"  # in a recipe's run folder: the recipe's text and how it was run
@@ -248,13 +248,18 @@ def run_recipe(recipe: Recipe | str | Path, *, data: str | Path | None = None, r
     from apollo.train import train
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    if run is not None and (Path(run) / RECIPE_FILE).is_file():
-        return resume_recipe(run, progress=progress)
+    if run is not None and find_recipe_run(run, runs_root) is not None:
+        return resume_recipe(find_recipe_run(run, runs_root), progress=progress)
     data = Path(data) if data is not None else prepare_data(recipe, progress)
     folder = new_run_dir(run, runs_root, prefix=f"{recipe.name}-")
     write_json(folder / RECIPE_FILE, {"name": recipe.name, "text": recipe.text, "data": str(data),
                                       "overrides": overrides or {}, "limit_steps": limit_steps})
     return _run_stages(recipe, folder, data, overrides or {}, limit_steps, progress, train)
+
+
+def find_recipe_run(run: str | Path, root: str | Path = "runs") -> Path | None:
+    """The recipe run at ``run`` (a path, or a name under ``root``), or None if it is not one."""
+    return next((path for path in (Path(run), Path(root) / run) if (path / RECIPE_FILE).is_file()), None)
 
 
 def resume_recipe(folder: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True) -> Path:

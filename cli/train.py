@@ -10,7 +10,7 @@ from click.core import ParameterSource
 from apollo.device import DEVICES, PRECISIONS
 from apollo.losses import LOSSES
 from apollo.model import PRESETS
-from apollo.recipes import (RECIPE_FILE, configure, load_recipe, parse_settings, parse_terms, resume_recipe,
+from apollo.recipes import (configure, find_recipe_run, load_recipe, parse_settings, parse_terms, resume_recipe,
                             run_recipe, shipped_recipes)
 from apollo.terms import TERMS
 from apollo.train import TrainConfig, saved_train_config, train as run_training
@@ -64,11 +64,12 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
     if resume is not None:
         refuse(given, RESUMABLE, flags, "--resume continues a run with its own settings",
                "only --steps, --minutes, --device and --precision may change")
-        if (resume / RECIPE_FILE).is_file():
+        recipe_run = find_recipe_run(resume)
+        if recipe_run is not None:
             if steps is not None:
                 raise click.UsageError("--steps: a recipe's stages say how many steps they train")
             session = {"device": device, "precision": precision, **({"minutes": minutes} if minutes is not None else {})}
-            resume_recipe(resume, session, progress=progress)
+            resume_recipe(recipe_run, session, progress=progress)
         else:
             run_training(TrainConfig(steps=steps, minutes=minutes, device=device, precision=precision),
                          resume=resume, progress=progress)
