@@ -107,9 +107,14 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 
 def run_checkpoint(run: str | Path, which: str = "best") -> Path | None:
-    """A run folder's ``checkpoints/<which>.pt`` (``best`` falls back to ``last``), or None."""
+    """A run folder's ``checkpoints/<which>.pt`` (``best`` falls back to ``last``), or None. A
+    recipe's run (a folder of numbered stage runs) gives its last stage's."""
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    run = Path(run)
+    if not (run / "checkpoints").is_dir() and run.is_dir():
+        stages = [path for path in run.iterdir() if path.name.split("-")[0].isdigit() and (path / "checkpoints").is_dir()]
+        run = max(stages, key=lambda path: int(path.name.split("-")[0]), default=run)
     for name in dict.fromkeys((which, "last")):
         path = Path(run) / "checkpoints" / f"{name}.pt"
         if path.is_file():
@@ -118,7 +123,8 @@ def run_checkpoint(run: str | Path, which: str = "best") -> Path | None:
 
 
 def latest_checkpoint(root: str | Path = "runs", which: str = "best") -> Path | None:
-    """The newest run's checkpoint (see :func:`run_checkpoint`): the one written last, or None."""
+    """The newest run's checkpoint (see :func:`run_checkpoint`; a recipe's run counts as its last
+    stage): the one written last, or None."""
     root = Path(root)
     if not root.is_dir():
         return None

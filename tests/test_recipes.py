@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from apollo.checkpoint import load_checkpoint
+from apollo.checkpoint import latest_checkpoint, load_checkpoint, run_checkpoint
 from apollo.cli.main import cli
 from apollo.dataset import DatasetConfig
 from apollo.errors import ApolloError
@@ -78,6 +78,9 @@ def test_a_recipe_run_goes_on_where_it_stopped(data, tmp_path):
                progress=False)
     first, second = stage_runs(tmp_path / "run")
     assert load_checkpoint(second / "checkpoints" / "last.pt")["step"] == 5
+    # apollo generate --run takes a recipe's run as its last stage, and so does "the newest run".
+    assert run_checkpoint(tmp_path / "run", "last") == second / "checkpoints" / "last.pt"
+    assert latest_checkpoint(tmp_path).parent.parent == second
     finished = load_checkpoint(second / "checkpoints" / "last.pt")["generator"]
     # Lose the second stage, as if the run had stopped after the first: --resume trains it again, the same.
     for path in sorted(second.rglob("*"), reverse=True):
