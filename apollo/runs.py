@@ -16,6 +16,7 @@ run (:mod:`apollo.recipes`) is a folder of such runs, one per stage.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import subprocess
 from pathlib import Path
@@ -73,6 +74,7 @@ def find_run(run: str | Path, root: str | Path = "runs") -> Path:
     raise ApolloError(f"no run to resume at {run} (no checkpoints/last.pt there or under {root}/)")
 
 
+@functools.cache  # asked once per process: the code that runs is the code that was loaded
 def source_commit() -> str | None:
     """The git commit of the code that runs (with ``-dirty`` for uncommitted changes), if it is a checkout."""
     here = Path(__file__).resolve().parent
