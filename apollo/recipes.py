@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apollo.dataset import DatasetConfig, read_manifest
+from apollo.dataset import DatasetConfig
 from apollo.errors import ApolloError
 from apollo.io import write_json
 
@@ -216,20 +216,24 @@ def _read_value(key: str, text: str, kind: str) -> Any:
 
 
 def prepare_data(recipe: Recipe, progress: bool = True) -> Path:
-    """The recipe's dataset folder, made first if it is missing (corpus export, then preprocess)."""
+    """The recipe's dataset folder, made first if it is missing (corpus export, then preprocess).
+    A dataset already there must have been made with the recipe's settings."""
     from apollo import corpus
+    from apollo.dataset import load_config
     from apollo.preprocess import preprocess
 
-    try:
-        read_manifest(recipe.data)
+    if (recipe.data / "manifest.json").is_file():
+        if load_config(recipe.data) != recipe.dataset:
+            raise ApolloError(f"{recipe.data} was made with other settings than recipe {recipe.name} asks for; "
+                              "move it away, or give another dataset with --data")
         return recipe.data
-    except ApolloError:
-        if recipe.corpus is None:
-            raise ApolloError(f"recipe {recipe.name}: no dataset at {recipe.data} and no corpus to make it from") from None
+    if recipe.corpus is None:
+        raise ApolloError(f"recipe {recipe.name}: no dataset at {recipe.data} and no corpus to make it from")
     midi = Path("midi") / recipe.corpus
     if not midi.is_dir() or not any(midi.iterdir()):
         print(corpus.export(recipe.corpus, midi).line(), file=sys.stderr)
-    print(preprocess(midi, recipe.data, recipe.dataset, overwrite=True, progress=progress).line(), file=sys.stderr)
+    # Never overwrite: a folder that is in the way is the user's to move (an interrupted run resumes).
+    print(preprocess(midi, recipe.data, recipe.dataset, progress=progress).line(), file=sys.stderr)
     return recipe.data
 
 
@@ -245,7 +249,6 @@ def run_recipe(recipe: Recipe | str | Path, *, data: str | Path | None = None, r
     it was started with (:func:`resume_recipe`).
     """
     from apollo.runs import new_run_dir
-    from apollo.train import train
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if run is not None and find_recipe_run(run, runs_root) is not None:
@@ -254,7 +257,7 @@ def run_recipe(recipe: Recipe | str | Path, *, data: str | Path | None = None, r
     folder = new_run_dir(run, runs_root, prefix=f"{recipe.name}-")
     write_json(folder / RECIPE_FILE, {"name": recipe.name, "text": recipe.text, "data": str(data),
                                       "overrides": overrides or {}, "limit_steps": limit_steps})
-    return _run_stages(recipe, folder, data, overrides or {}, limit_steps, progress, train)
+    return _run_stages(recipe, folder, data, overrides or {}, limit_steps, progress)
 
 
 def find_recipe_run(run: str | Path, root: str | Path = "runs") -> Path | None:
@@ -265,7 +268,6 @@ def find_recipe_run(run: str | Path, root: str | Path = "runs") -> Path | None:
 def resume_recipe(folder: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Go on with the recipe run in ``folder`` where it stopped. ``overrides`` may change only
     where, in what arithmetic and for how long this session runs (device, precision, minutes)."""
-    from apollo.train import train
 
     folder = Path(folder)
     try:
@@ -274,12 +276,13 @@ def resume_recipe(folder: str | Path, overrides: dict[str, Any] | None = None, p
         raise ApolloError(f"{folder}: not a recipe run ({error})") from None
     recipe = load_recipe(saved["name"], text=saved["text"])
     return _run_stages(recipe, folder, Path(saved["data"]), {**saved["overrides"], **(overrides or {})},
-                       saved["limit_steps"], progress, train)
+                       saved["limit_steps"], progress)
 
 
 def _run_stages(recipe: Recipe, folder: Path, data: Path, overrides: dict, limit_steps: int | None,
-                progress: bool, train) -> Path:
+                progress: bool) -> Path:
     from apollo.runs import read_training_checkpoint
+    from apollo.train import train
 
     previous: Path | None = None
     for i, stage in enumerate(recipe.stages, 1):
@@ -291,14 +294,14 @@ def _run_stages(recipe: Recipe, folder: Path, data: Path, overrides: dict, limit
         target = start_step + (stage.steps if limit_steps is None else min(stage.steps, limit_steps))
         config = recipe.config(stage, {**overrides, "steps": target})
         last = stage_dir / "checkpoints" / "last.pt"
-        if last.is_file():
-            if read_training_checkpoint(last)["step"] < target:
-                train(config, resume=stage_dir, progress=progress)
-        else:
+        step = read_training_checkpoint(last)["step"] if last.is_file() else None
+        if step is None:
             if stage_dir.exists():  # a stage that stopped before its first checkpoint holds nothing to keep
                 shutil.rmtree(stage_dir)
             train(config, data=data if start is None else None, run=stage_dir, start_from=start, progress=progress,
                   provenance={"recipe": recipe.name, "stage": stage_dir.name})
+        elif step < target:
+            train(config, resume=stage_dir, progress=progress)
         if read_training_checkpoint(last)["step"] < target:  # stopped early: Ctrl-C, or out of minutes
             print(f"The recipe stopped in stage {stage_dir.name}; go on with: apollo train --resume {folder}",
                   file=sys.stderr)

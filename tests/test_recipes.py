@@ -142,3 +142,12 @@ def test_settings_from_text_are_read_as_their_fields_types():
                          (["terms=x"], "--term"), (["shift_in_beat=1"], "did you mean shift_in_beats")):
         with pytest.raises(ApolloError, match=message):
             parse_settings(bad, TrainConfig())
+
+
+def test_a_dataset_in_the_recipes_place_is_used_only_if_made_as_the_recipe_says(data, tmp_path):
+    from apollo.recipes import prepare_data
+
+    text = f"[dataset]\npath = '{data.as_posix()}'\nnormalize_key = true\n[[stage]]\nsteps = 1\n"
+    assert prepare_data(load_recipe("same", text=text)) == data
+    with pytest.raises(ApolloError, match="made with other settings"):
+        prepare_data(load_recipe("other", text=text.replace("true", "false")))
