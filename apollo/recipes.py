@@ -154,9 +154,7 @@ def configure(config, changes: dict[str, Any], where: str = "--set"):
 
 def parse_settings(assignments: list[str] | tuple[str, ...], config) -> dict[str, Any]:
     """``["KEY=VALUE", ...]`` -> {key: value}, each value read as the type of ``config``'s field."""
-    from apollo.train import TrainConfig
-
-    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    types = {f.name: str(f.type) for f in dataclasses.fields(config)}
     settings = {}
     for key, text in _pairs(assignments, "--set", "KEY=VALUE"):
         if key == "terms":
