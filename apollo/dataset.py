@@ -5,6 +5,7 @@ A dataset is a folder made by ``apollo preprocess`` (:mod:`apollo.preprocess`)::
     manifest.json   what the folder holds (see below); written last, so its presence means "finished"
     train.bin       the training chunks, packed bits, one fixed-size row per chunk
     val.bin         the validation chunks, same layout
+    test.bin        the test chunks, same layout (datasets of format version 1 have none)
 
 Each chunk is the bool planes ``[C, P, T]`` of one piano-roll window (C = planes of the encoding,
 P = pitches, T = steps), flattened in C order and packed 8 cells per byte with
@@ -37,6 +38,7 @@ import numpy as np
 
 from apollo.errors import ApolloError
 from apollo.roll import ENCODINGS, Grid, PianoRoll
+from apollo.splits import SPLITS
 
 if TYPE_CHECKING:
     import torch
@@ -55,23 +57,30 @@ __all__ = [
 ]
 
 FORMAT = "apollo-rolls"
-FORMAT_VERSION = 1
-SPLITS = ("train", "val")
+FORMAT_VERSION = 2  # 2: a test split, splits by tune, held-out chunks are whole stretches of music
+FILLS = ("repeat", "silence")
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
     """How MIDI files become fixed-size chunks; saved in every dataset's manifest.
 
-    Windows of ``n_steps`` start every ``hop`` steps from the first bar that holds a note. A window
-    is kept when at least ``min_fill`` of it lies inside the piece (the rest is silence, so a piece
-    shorter than a chunk but at least ``min_fill`` of one becomes one padded chunk; shorter pieces
-    are skipped) and it holds at least ``min_notes`` note onsets. ``transpose`` is an inclusive
-    semitone range, every transposition a separate chunk; ``normalize_key`` instead moves each
-    chunk to C major / A minor (:mod:`apollo.key`), its move recorded in the manifest's
-    ``transpose`` column; ``time_shift`` adds copies of each window delayed by 1..time_shift steps
-    (ApolloGAN's "layback"). Validation files are the
-    ``val_fraction`` of source files with the smallest content hashes, so the split is by piece.
+    Each piece goes to one split by its tune (:mod:`apollo.splits`): on average ``test_fraction``
+    of the tunes to test, ``val_fraction`` to validation, the rest to training.
+
+    Training chunks: windows of ``n_steps`` start every ``hop`` steps from the first bar that holds
+    a note. A window is kept when at least ``min_fill`` of it lies inside the piece and it holds at
+    least ``min_notes`` note onsets. Where a window runs past the piece's end, ``fill`` says what
+    follows: ``"repeat"`` plays the piece again from its first bar (as a chorale has more verses and
+    a reel is played round), so the model never learns that music stops after a few bars;
+    ``"silence"`` pads with silence. ``transpose`` is an inclusive semitone range, every
+    transposition a separate chunk; ``normalize_key`` instead moves each chunk to C major / A minor
+    (:mod:`apollo.key`), its move recorded in the manifest's ``transpose`` column; ``time_shift``
+    adds copies of each window delayed by 1..time_shift steps (ApolloGAN's "layback").
+
+    Validation and test chunks are what generated music is judged against, so they are real music
+    only: whole windows inside a piece, one every ``held_out_hop`` steps, never filled, shifted or
+    transposed (``normalize_key`` still applies). A held-out piece shorter than a window gives none.
     """
 
     grid: Grid = Grid()
@@ -83,7 +92,10 @@ class DatasetConfig:
     time_shift: int = 0
     min_notes: int = 8
     min_fill: float = 0.5
+    fill: str = "repeat"
     val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    held_out_hop: int = 16
     out_of_range: str = "fold"
     include_drums: bool = False
 
@@ -109,8 +121,13 @@ class DatasetConfig:
             raise ValueError(f"min_notes must not be negative, got {self.min_notes}")
         if not 0 < self.min_fill <= 1:
             raise ValueError(f"min_fill must lie in (0, 1], got {self.min_fill}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError(f"val_fraction and test_fraction must lie in [0, 1) with a sum under 1, "
+                             f"got {self.val_fraction} and {self.test_fraction}")
+        if self.held_out_hop < 1:
+            raise ValueError(f"held_out_hop must be positive, got {self.held_out_hop}")
         if self.out_of_range not in ("fold", "drop"):
             raise ValueError(f"out_of_range must be 'fold' or 'drop', got {self.out_of_range!r}")
 
@@ -136,6 +153,8 @@ class DatasetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetConfig:
+        if "fill" not in data:  # format version 1: silence after the end, no test split, held out like training
+            data = {**data, "fill": "silence", "test_fraction": 0.0, "held_out_hop": data.get("hop", cls.hop)}
         return cls(**data)
 
 
@@ -234,6 +253,11 @@ class _RollDatasetBase:
         self.split = split
         manifest = read_manifest(self.path)
         self.manifest = manifest
+        if split not in manifest["chunks"]:
+            raise ApolloError(
+                f"{self.path}: no {split} split (made by an older Apollo, before test splits); "
+                f"remake it with `apollo preprocess` to report on one"
+            )
         self.config = DatasetConfig.from_dict(manifest["config"])
         self.shape: tuple[int, int, int] = tuple(manifest["shape"])  # type: ignore[assignment]
         self.files: list[str] = manifest["files"]["path"]

@@ -14,17 +14,13 @@ The run, in order:
    (Ctrl-C, kill -9, power loss) leaves only that folder, which nothing mistakes for a dataset, and
    no worker (they end with the main process); running the same command again picks up where it
    stopped.
-4. Finish: exact duplicates (same content hash) are dropped, files are split into train and
-   validation **by file** (the ``val_fraction`` of files with the smallest content hashes, so the
-   split is deterministic and no piece is on both sides), the chunks are written in file order
-   (format: :mod:`apollo.dataset`), ``manifest.json`` last, and the folder appears at ``OUT`` by a
-   single rename.
+4. Finish: exact duplicates (same content hash) are dropped, each file goes to the split its tune
+   chose (:mod:`apollo.splits`: train, validation or test; every copy of a tune on one side), the
+   chunks are written in file order (format: :mod:`apollo.dataset`), ``manifest.json`` last, and
+   the folder appears at ``OUT`` by a single rename.
 
-Short pieces: windows of ``n_steps`` start every ``hop`` steps from the first bar with a note; a
-window is kept if at least ``min_fill`` (default half) of it lies inside the piece, the rest being
-silence. So a piece shorter than one chunk but at least half a chunk long gives one chunk padded
-with silence, a shorter one is skipped ("too short"), and a piece's tail gets a padded chunk only if
-it is long enough. Windows with fewer than ``min_notes`` note onsets are dropped as (near-)empty.
+How pieces become chunks (training windows, the repeat at a piece's end, held-out stretches) is
+described in :class:`~apollo.dataset.DatasetConfig`.
 """
 
 from __future__ import annotations
@@ -51,6 +47,7 @@ from apollo.errors import ApolloError, MidiError
 from apollo.key import move_to_c
 from apollo.midi import MidiNotes, read_bytes, read_notes
 from apollo.roll import ONSET, PianoRoll
+from apollo.splits import SPLITS, split_of, tune_fingerprint
 from apollo.workers import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, isolated_map
 
 __all__ = [
@@ -73,6 +70,8 @@ class PreprocessSummary:
     files_used: int = 0
     train_chunks: int = 0
     val_chunks: int = 0
+    test_chunks: int = 0
+    held_out_files: dict[str, int] = field(default_factory=dict)  # split -> files
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}, as in the manifest
     resumed: int = 0  # files whose results came from an interrupted earlier run
     seconds: float = 0.0
@@ -88,10 +87,14 @@ class PreprocessSummary:
             reasons.append(f"{sum(n for _, n in counts[4:])} other")
         skipped = f"{len(self.skipped)} skipped ({', '.join(reasons)})" if self.skipped else "0 skipped"
         resumed = f", {self.resumed} from the interrupted run" if self.resumed else ""
+        missing = [name for split, name in (("val", "validation"), ("test", "test"))
+                   if not self.held_out_files.get(split)]
+        # Splits go by tune hash: a corpus of a handful of tunes may hold out none.
+        note = f"; no {' or '.join(missing)} piece among so few tunes" if missing and self.files_used else ""
         return (
             f"{self.files_used} of {self.files_found} files used, {skipped}; "
-            f"{self.train_chunks + self.val_chunks} chunks written ({self.train_chunks} train, "
-            f"{self.val_chunks} validation) to {self.out} in {self.seconds:.1f} s{resumed}"
+            f"{self.train_chunks + self.val_chunks + self.test_chunks} chunks written ({self.train_chunks} train, "
+            f"{self.val_chunks} validation, {self.test_chunks} test) to {self.out} in {self.seconds:.1f} s{resumed}{note}"
         )
 
 
@@ -145,37 +148,48 @@ def _relative(path: Path, root: Path) -> str:
 # -- one piece -------------------------------------------------------------------------------------
 
 
-def chunk_piece(notes: MidiNotes, config: DatasetConfig) -> dict[str, np.ndarray]:
-    """Cut one piece into packed chunks; see the module docstring for the rules.
+def chunk_piece(notes: MidiNotes, config: DatasetConfig, *, held_out: bool = False) -> dict[str, np.ndarray]:
+    """Cut one piece into packed chunks; see :class:`~apollo.dataset.DatasetConfig` for the rules.
 
+    ``held_out`` cuts a validation or test piece: whole windows inside it only, possibly none.
     Returns ``rows`` (uint8 ``[n, bytes_per_chunk]``) and the int32 columns ``offset`` (first step
     of the window in the piece, negative when a time shift reaches before it), ``transpose`` and
-    ``shift``. Raises MidiError (with ``.reason``) when no chunk survives.
+    ``shift``. Raises MidiError (with ``.reason``) when a training piece gives no chunk.
     """
     grid, width = config.grid, config.n_steps
     bar = 4 * grid.steps_per_beat  # windows start on (4/4) bar lines: most music lives there
     begin = int(notes.start.min()) // bar * bar
     end = int(notes.end.max())
-    need = int(np.ceil(config.min_fill * width))
-    if end - begin < need:
-        error = MidiError(f"too short ({end - begin} steps, a chunk needs at least {need})")
-        error.reason = str(error)  # type: ignore[attr-defined]
-        raise error
-    starts = begin + config.hop * np.arange((end - begin - need) // config.hop + 1)
-    shifts = np.arange(config.time_shift + 1)
+    pitch, start, stop = notes.pitch, notes.start, notes.end
+    if held_out:
+        last = -(-end // bar) * bar  # the piece's final bar line
+        starts = begin + config.held_out_hop * np.arange(max((last - begin - width) // config.held_out_hop + 1, 0))
+        shifts = np.zeros(1, dtype=np.int64)
+    else:
+        need = int(np.ceil(config.min_fill * width))
+        if end - begin < need:
+            raise _skip(f"too short ({end - begin} steps, a chunk needs at least {need})")
+        starts = begin + config.hop * np.arange((end - begin - need) // config.hop + 1)
+        shifts = np.arange(config.time_shift + 1)
     # Every (start, shift) pair is one window; a shift of s delays the music by s steps.
     window = (starts[None, :] - shifts[:, None]).reshape(-1)
     shift_of = np.repeat(shifts, len(starts))
+    if not held_out and config.fill == "repeat" and len(window):
+        # The piece again from its first bar, as often as the furthest window needs.
+        period = -(-(end - begin) // bar) * bar
+        copies = -(-(int(window.max()) + width - begin) // period)
+        repeat = np.repeat(np.arange(copies) * period, len(pitch))
+        pitch, start, stop = np.tile(pitch, copies), np.tile(start, copies) + repeat, np.tile(stop, copies) + repeat
+        end = int(stop.max())
 
     def roll_moved(semitones: int) -> PianoRoll:
-        return PianoRoll.from_notes(
-            notes.pitch + semitones, notes.start, notes.end, grid, n_steps=end, out_of_range=config.out_of_range
-        )
+        return PianoRoll.from_notes(pitch + semitones, start, stop, grid, n_steps=end, out_of_range=config.out_of_range)
 
     lo, hi = np.clip(window, 0, end), np.clip(window + width, 0, end)
     # Which windows are moved by how many semitones: all by each transposition, or each to C.
-    plan = [(semitones, np.ones(len(window), dtype=bool)) for semitones in config.transpositions]
-    if config.normalize_key:
+    transpositions = [0] if held_out else config.transpositions
+    plan = [(semitones, np.ones(len(window), dtype=bool)) for semitones in transpositions]
+    if config.normalize_key and len(window):
         as_written = roll_moved(0)
         moves = np.array([move_to_c(as_written.slice(a, b)) for a, b in zip(lo, hi)])
         plan = [(int(semitones), moves == semitones) for semitones in np.unique(moves)]
@@ -200,15 +214,21 @@ def chunk_piece(notes: MidiNotes, config: DatasetConfig) -> dict[str, np.ndarray
         transposes.append(np.full(int(keep.sum()), semitones))
         shift_column.append(shift_of[keep])
     if not rows:
-        error = MidiError(f"near-empty (no chunk with at least {config.min_notes} notes)")
-        error.reason = str(error)  # type: ignore[attr-defined]
-        raise error
+        if not held_out:
+            raise _skip(f"near-empty (no chunk with at least {config.min_notes} notes)")
+        rows, offsets, transposes, shift_column = [np.zeros((0, config.bytes_per_chunk), np.uint8)], [[]], [[]], [[]]
     return {
         "rows": np.concatenate(rows),
         "offset": np.concatenate(offsets).astype(np.int32),
         "transpose": np.concatenate(transposes).astype(np.int32),
         "shift": np.concatenate(shift_column).astype(np.int32),
     }
+
+
+def _skip(reason: str) -> MidiError:
+    error = MidiError(reason)
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
 
 
 def _process_file(path: str, config: DatasetConfig) -> dict[str, Any]:
@@ -220,12 +240,16 @@ def _process_file(path: str, config: DatasetConfig) -> dict[str, Any]:
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         notes = read_notes(data, config.grid.steps_per_beat, include_drums=config.include_drums, name=path)
-        chunks = chunk_piece(notes, config)
+        tune = tune_fingerprint(notes.pitch, notes.start, notes.end)
+        split = split_of(tune, config.val_fraction, config.test_fraction)
+        chunks = chunk_piece(notes, config, held_out=split != "train")
     except MidiError as error:
         return {"status": "skipped", "reason": getattr(error, "reason", str(error)), "hash": digest}
     return {
         "status": "ok",
         "hash": digest,
+        "tune": tune,
+        "split": split,
         "tempo": round(notes.tempo, 3),
         "n_steps": int(notes.end.max()),
         **chunks,
@@ -401,7 +425,7 @@ def _compact(record: dict[str, Any]) -> dict[str, Any]:
     """A record as kept in memory until the end: only what the manifest needs, provenance as one
     int32 array (Python lists cost about 36 bytes per number, this 12 per chunk).
     """
-    fields = ("status", "reason", "hash", "tempo", "n_steps", "first_row", "n_chunks")
+    fields = ("status", "reason", "hash", "tune", "split", "tempo", "n_steps", "first_row", "n_chunks")
     kept = {key: record[key] for key in fields if key in record}
     if "offset" in record:
         kept["provenance"] = np.array([record[column] for column in PROVENANCE], dtype=np.int32)
@@ -439,20 +463,15 @@ def _finish(
         reasons = ", ".join(f"{n} {r}" for r, n in summary.skipped_by_reason().most_common(4))
         raise ApolloError(f"{midi_dir}: no usable MIDI file ({len(skipped)} skipped: {reasons})")
 
-    # Validation: the files with the smallest hashes. Content decides, not names or order.
-    n_val = round(config.val_fraction * len(used))
-    if config.val_fraction > 0 and len(used) >= 2:
-        n_val = min(max(n_val, 1), len(used) - 1)
-    val_hashes = set(sorted(r["hash"] for r in used)[:n_val])
-    splits = ["val" if r["hash"] in val_hashes else "train" for r in used]
+    splits = [r["split"] for r in used]  # decided by each file's tune (apollo.splits)
 
     final = log.folder / "dataset"
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir()
-    pieces: dict[str, list[np.ndarray]] = {"train": [], "val": []}  # [4, n] blocks: file index + provenance
+    pieces: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}  # [4, n] blocks: file index + provenance
     width = config.bytes_per_chunk
     with open(log.folder / "chunks.bin", "rb") as source:
-        for split in ("train", "val"):
+        for split in SPLITS:
             with open(final / f"{split}.bin", "wb") as target:
                 for file_index, (record, file_split) in enumerate(zip(used, splits)):
                     if file_split != split:
@@ -470,6 +489,8 @@ def _finish(
         chunks[split] = {column: values.tolist() for column, values in zip(("file", *PROVENANCE), table)}
     summary.train_chunks = len(chunks["train"]["file"])
     summary.val_chunks = len(chunks["val"]["file"])
+    summary.test_chunks = len(chunks["test"]["file"])
+    summary.held_out_files = {split: splits.count(split) for split in ("val", "test")}
 
     manifest = {
         "format": FORMAT,
@@ -486,12 +507,15 @@ def _finish(
             "files_skipped": len(skipped),
             "train_files": splits.count("train"),
             "val_files": splits.count("val"),
+            "test_files": splits.count("test"),
             "train_chunks": summary.train_chunks,
             "val_chunks": summary.val_chunks,
+            "test_chunks": summary.test_chunks,
         },
         "files": {
             "path": [r["path"] for r in used],
             "hash": [r["hash"] for r in used],
+            "tune": [r["tune"] for r in used],
             "split": splits,
             "tempo": [r["tempo"] for r in used],
             "n_steps": [r["n_steps"] for r in used],

@@ -48,11 +48,17 @@ class SemitoneRange(click.ParamType):
 @click.option("--time-shift", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also add copies delayed by 1..N steps.")
 @click.option("--min-fill", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Keep a window if this share of it lies inside the piece (the rest is silence).")
+              help="Keep a training window if this share of it lies inside the piece.")
+@click.option("--fill", default="repeat", show_default=True, type=click.Choice(["repeat", "silence"]),
+              help="What follows a piece's end in a training window: the piece again, or silence.")
 @click.option("--min-notes", default=8, show_default=True, type=click.IntRange(min=0),
               help="Drop chunks with fewer note onsets.")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Share of files held out for validation.")
+              help="Share of tunes held out for validation (choosing).")
+@click.option("--test-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of tunes held out for test (reporting).")
+@click.option("--held-out-hop", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Steps between the starts of held-out (validation, test) windows.")
 @click.option("--out-of-range", default="fold", show_default=True, type=click.Choice(["fold", "drop"]),
               help="Notes outside the pitch window: fold by octaves or drop.")
 @click.option("--drums/--no-drums", default=False, show_default=True, help="Include drum tracks.")
@@ -64,7 +70,7 @@ class SemitoneRange(click.ParamType):
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
 def preprocess(midi_dir: Path, out: Path | None, steps_per_beat: int, n_steps: int, hop: int, lowest_pitch: int,
                n_pitches: int, encoding: str, transpose: tuple[int, int], normalize_key: bool, time_shift: int, min_fill: float,
-               min_notes: int, val_fraction: float, out_of_range: str, drums: bool, workers: int | None,
+               fill: str, min_notes: int, val_fraction: float, test_fraction: float, held_out_hop: int, out_of_range: str, drums: bool, workers: int | None,
                timeout: float, memory_limit: int, overwrite: bool) -> None:
     """Turn the MIDI files under MIDI_DIR into a piano-roll dataset.
 
@@ -80,7 +86,8 @@ def preprocess(midi_dir: Path, out: Path | None, steps_per_beat: int, n_steps: i
         config = DatasetConfig(
             grid=grid, n_steps=n_steps, hop=hop, encoding=encoding, transpose=transpose, normalize_key=normalize_key,
             time_shift=time_shift,
-            min_fill=min_fill, min_notes=min_notes, val_fraction=val_fraction, out_of_range=out_of_range,
+            min_fill=min_fill, fill=fill, min_notes=min_notes, val_fraction=val_fraction, test_fraction=test_fraction,
+            held_out_hop=held_out_hop, out_of_range=out_of_range,
             include_drums=drums,
         )
     except ValueError as error:

@@ -48,13 +48,15 @@ def test_items_are_float_planes_matching_the_packed_rows(dataset):
     assert isinstance(train.packed, np.memmap) and train.packed.shape == (len(train), 4096)
 
 
-def test_both_splits_cover_every_file_once(dataset):
-    train, val = RollDataset(dataset, "train"), RollDataset(dataset, "val")
-    assert len(val) > 0
-    assert set(train.provenance["file"]) | set(val.provenance["file"]) == set(range(len(train.files)))
-    assert not set(train.provenance["file"]) & set(val.provenance["file"])
+def test_splits_share_no_file_and_every_training_file_has_chunks(dataset):
+    files = {split: set(RollDataset(dataset, split).provenance["file"]) for split in ("train", "val", "test")}
+    assert files["train"] and files["val"] and files["test"]
+    assert not files["train"] & files["val"] and not files["train"] & files["test"] and not files["val"] & files["test"]
+    # A held-out piece shorter than a window gives no stretch; every training piece gives chunks.
+    splits = read_manifest(dataset)["files"]["split"]
+    assert files["train"] == {i for i, s in enumerate(splits) if s == "train"}
     with pytest.raises(ValueError, match="split"):
-        RollDataset(dataset, "test")
+        RollDataset(dataset, "everything")
 
 
 def test_rolls_are_piano_rolls_at_the_source_tempo(dataset):
@@ -137,6 +139,23 @@ def test_damaged_or_foreign_datasets_are_refused(dataset, tmp_path):
         RollDataset(future)
     with pytest.raises(ApolloError, match="not a finished dataset"):
         RollDataset(tmp_path)
+
+
+def test_a_dataset_made_before_test_splits_still_trains_and_says_it_has_no_test_split(dataset, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old)
+    manifest = read_manifest(old)
+    manifest["version"] = 1
+    for key in ("fill", "test_fraction", "held_out_hop"):
+        del manifest["config"][key]
+    del manifest["chunks"]["test"]
+    (old / "test.bin").unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    config = load_config(old)
+    assert (config.fill, config.test_fraction, config.held_out_hop) == ("silence", 0.0, config.hop)
+    assert len(RollDataset(old, "train")) == manifest["counts"]["train_chunks"]
+    with pytest.raises(ApolloError, match="no test split .*older Apollo.*apollo preprocess"):
+        RollDataset(old, "test")
 
 
 def test_a_hundred_thousand_chunks_load_well_under_a_second(dataset, tmp_path):

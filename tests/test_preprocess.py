@@ -25,6 +25,7 @@ from apollo.preprocess import (
     find_midi_files,
     preprocess,
 )
+from apollo.splits import split_of
 from apollo.roll import PianoRoll
 from apollo.workers import _context, isolated_map
 
@@ -53,27 +54,58 @@ def test_chunks_are_the_source_rolls_transposed_and_windowed(dataset, chorale_di
         source = chorale_dir / train.files[train.provenance["file"][i]]
         notes = read_notes(source)
         t, offset = train.provenance["transpose"][i], train.provenance["offset"][i]
-        whole = PianoRoll.from_notes(notes.pitch + t, notes.start, notes.end, CONFIG.grid)
-        expected = whole.slice(offset, offset + CONFIG.n_steps).pad(CONFIG.n_steps)
+        # Past its end the piece plays again from its first bar (fill="repeat").
+        begin = notes.start.min() // 16 * 16
+        period = -(-(notes.end.max() - begin) // 16) * 16
+        moved = np.repeat(np.arange(3) * period, len(notes.pitch))
+        whole = PianoRoll.from_notes(np.tile(notes.pitch, 3) + t, np.tile(notes.start, 3) + moved,
+                                     np.tile(notes.end, 3) + moved, CONFIG.grid)
+        expected = whole.slice(offset, offset + CONFIG.n_steps)
         assert np.array_equal(train.rolls([i])[0].cells, expected.cells)
+
+
+def test_held_out_chunks_are_whole_stretches_of_one_piece(dataset, chorale_dir):
+    from apollo.dataset import RollDataset
+
+    for split in ("val", "test"):
+        held = RollDataset(dataset, split)
+        n_steps = np.array(held.manifest["files"]["n_steps"])[held.provenance["file"]]
+        assert (held.provenance["offset"] >= 0).all() and (held.provenance["shift"] == 0).all()
+        assert (held.provenance["offset"] + CONFIG.n_steps <= -(-n_steps // 16) * 16).all()  # inside the piece
+        assert (held.provenance["transpose"] == 0).all()  # no transposed copies: real music as written
+        for i in range(min(len(held), 4)):
+            notes = read_notes(chorale_dir / held.files[held.provenance["file"][i]])
+            whole = PianoRoll.from_notes(notes.pitch, notes.start, notes.end, CONFIG.grid)
+            offset = held.provenance["offset"][i]
+            assert np.array_equal(held.rolls([i])[0].cells, whole.slice(offset, offset + CONFIG.n_steps).cells)
 
 
 def test_every_transposition_gives_the_same_number_of_chunks(dataset):
     manifest = read_manifest(dataset)
-    transposes = np.concatenate([manifest["chunks"][s]["transpose"] for s in ("train", "val")])
+    transposes = np.array(manifest["chunks"]["train"]["transpose"])
     counts = {t: int((transposes == t).sum()) for t in (-1, 0, 1)}
     assert counts[-1] == counts[0] == counts[1] > 0  # folding keeps every note in range
     assert set(np.unique(transposes)) == {-1, 0, 1}
 
 
-def test_split_is_by_source_file_and_deterministic(dataset, chorale_dir, tmp_path):
+def test_split_is_by_tune_and_deterministic(dataset, chorale_dir, tmp_path):
     manifest = read_manifest(dataset)
-    train_files = set(manifest["chunks"]["train"]["file"])
-    val_files = set(manifest["chunks"]["val"]["file"])
-    assert train_files and val_files and not train_files & val_files
-    assert len(val_files) == round(0.1 * 24) == manifest["counts"]["val_files"]
     splits = manifest["files"]["split"]
-    assert {i for i, s in enumerate(splits) if s == "val"} == val_files
+    for split in ("train", "val", "test"):
+        files = set(manifest["chunks"][split]["file"])
+        assert files <= {i for i, s in enumerate(splits) if s == split}
+        assert manifest["counts"][f"{split}_files"] == splits.count(split)
+    assert set(splits) == {"train", "val", "test"}
+    assert all(split_of(tune, 0.1, 0.1) == split for tune, split in zip(manifest["files"]["tune"], splits))
+
+    # One tune, two files: a copy a minor third up with another ending stays on its original's side.
+    (tmp_path / "pair").mkdir()
+    original = read_notes(chorale_dir / manifest["files"]["path"][0])
+    shutil.copy(chorale_dir / manifest["files"]["path"][0], tmp_path / "pair" / "a.mid")
+    keep = original.start < original.end.max() - 32
+    write_notes(tmp_path / "pair" / "b.mid", original.pitch[keep] + 3, original.start[keep], original.end[keep])
+    pair = read_manifest(preprocess(tmp_path / "pair", tmp_path / "pair-set", CONFIG).out)
+    assert pair["files"]["tune"][0] == pair["files"]["tune"][1] and pair["files"]["split"] == [splits[0]] * 2
 
     # The same music under other names, in another folder, lands on the same sides.
     renamed = tmp_path / "renamed"
@@ -87,18 +119,18 @@ def test_split_is_by_source_file_and_deterministic(dataset, chorale_dir, tmp_pat
 
 def test_manifest_records_config_counts_and_provenance(dataset):
     manifest = read_manifest(dataset)
-    assert manifest["format"] == "apollo-rolls" and manifest["version"] == 1
+    assert manifest["format"] == "apollo-rolls" and manifest["version"] == 2
     assert DatasetConfig.from_dict(manifest["config"]) == CONFIG
     assert manifest["shape"] == [2, 64, 256] and manifest["bytes_per_chunk"] == 2 * 64 * 256 // 8
     counts = manifest["counts"]
     assert counts["files_found"] == counts["files_used"] == 24 and manifest["skipped"] == []
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         columns = manifest["chunks"][split]
         assert set(columns) == {"file", "offset", "transpose", "shift"}
         assert all(len(values) == counts[f"{split}_chunks"] for values in columns.values())
         assert (dataset / f"{split}.bin").stat().st_size == counts[f"{split}_chunks"] * manifest["bytes_per_chunk"]
-    assert sum(manifest["files"]["n_chunks"]) == counts["train_chunks"] + counts["val_chunks"]
-    assert sorted(os.listdir(dataset)) == ["manifest.json", "train.bin", "val.bin"]
+    assert sum(manifest["files"]["n_chunks"]) == counts["train_chunks"] + counts["val_chunks"] + counts["test_chunks"]
+    assert sorted(os.listdir(dataset)) == ["manifest.json", "test.bin", "train.bin", "val.bin"]
 
 
 def _notes(pitch, start, end) -> MidiNotes:
@@ -112,8 +144,13 @@ def _scale(n_steps: int) -> MidiNotes:
     return _notes(60 + np.arange(len(start)) % 8, start, start + 4)
 
 
-def test_short_pieces_are_padded_or_skipped():
-    config = DatasetConfig()  # n_steps 256, hop 128, min_fill 0.5
+def test_short_pieces_are_repeated_padded_or_skipped():
+    config = DatasetConfig()  # n_steps 256, hop 128, min_fill 0.5, fill "repeat"
+    one = chunk_piece(_scale(200), config)
+    planes = np.unpackbits(one["rows"][0], bitorder="little").reshape(2, 64, 256)
+    # 200 steps end inside bar 13 (of 16 steps); the piece begins again at the next bar line, step 208.
+    assert np.array_equal(planes[:, :, 208:], planes[:, :, :48]) and not planes[:, :, 200:208].any()
+    config = DatasetConfig(fill="silence")
     with pytest.raises(MidiError, match=r"too short \(100 steps, a chunk needs at least 128\)"):
         chunk_piece(_scale(100), config)
     one = chunk_piece(_scale(200), config)
@@ -122,6 +159,13 @@ def test_short_pieces_are_padded_or_skipped():
     assert planes[0, :, :200].any() and not planes[0, :, 200:].any()  # padded with silence
     # 300 steps: [0, 256) and [128, 384), which is more than half inside; [256, 512) is not.
     assert chunk_piece(_scale(300), config)["offset"].tolist() == [0, 128]
+
+
+def test_held_out_pieces_give_whole_windows_or_none():
+    config = DatasetConfig()  # held_out_hop 16: one window per bar line
+    # 300 steps end in bar 19 (steps 288-303): windows may start at bars 0..3.
+    assert chunk_piece(_scale(300), config, held_out=True)["offset"].tolist() == [0, 16, 32, 48]
+    assert len(chunk_piece(_scale(200), config, held_out=True)["rows"]) == 0  # shorter than a window
 
 
 def test_near_empty_chunks_are_dropped():
@@ -156,7 +200,7 @@ def test_normalize_key_moves_each_window_to_c_and_records_the_move():
     degrees = np.array([0, 2, 4, 5, 7, 9, 11, 12])[np.arange(len(start)) % 8]
     tonic = np.where(start < 256, 62, 67)  # 16 bars of D major scales, then 16 of G major
     modulating = _notes(tonic + degrees, start, start + 4)
-    chunks = chunk_piece(modulating, DatasetConfig(normalize_key=True))
+    chunks = chunk_piece(modulating, DatasetConfig(normalize_key=True, fill="silence"))
     order = np.argsort(chunks["offset"])
     assert chunks["offset"][order].tolist() == [0, 128, 256, 384]
     moves = chunks["transpose"][order].tolist()
