@@ -3,7 +3,7 @@ the trainer and the baselines.
 
 :func:`compare` is the whole measurement as a flat ``dict[str, float]``:
 
-- ``mean_oa``: mean over the nine MGEval features of the overlapped area (:mod:`apollo.mgeval`),
+- ``mean_oa``: mean over the MGEval features (:data:`apollo.mgeval.FEATURES`) of the overlapped area (:mod:`apollo.mgeval`),
   ``oa/<feature>`` and ``kl/<feature>`` for each;
 - ``<metric>``: the generated set's mean of each per-sample metric (:mod:`apollo.metrics`), and
   ``real/<metric>`` the reference set's, so a report can say "within 10 % of real";
@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_N_STEPS",
     "OVERLAP_THRESHOLD",
     "SHIFTS",
+    "RATE_TOLERANCE",
     "TOLERANCE",
     "RollSet",
     "best_overlap",
@@ -62,6 +63,9 @@ DEFAULT_N_STEPS = 256  # chunk length when neither side is a dataset that says o
 OVERLAP_THRESHOLD = 0.8  # at or above: a near-duplicate (within the set) or a copy (of training)
 SHIFTS = range(-12, 13)  # transpositions searched for memorization, in semitones
 TOLERANCE = 0.10  # "within 10 % of real"
+# A rate near 0 (empty bars, parallels) is also "within" when it is this close to real in absolute terms:
+# 10 % of a real 0.013 would fail a generated 0.015.
+RATE_TOLERANCE = 0.01
 _BLOCK = 1024  # training chunks per matrix product (at most 64 MB of float32 for 64 x 256 rolls)
 _SAMPLE_FLOATS = 1 << 24  # transposed samples per matrix product, in float32 cells (64 MB)
 
@@ -280,6 +284,12 @@ def compare(
 CHECKED = (*METRICS, "diversity")  # the values that report() checks against "within TOLERANCE of real"
 
 
+def _within(name: str, value: float, real: float, tolerance: float) -> bool:
+    if name.endswith("_rate") and abs(value - real) <= RATE_TOLERANCE:
+        return True
+    return bool(abs(_relative_difference(value, real)) <= tolerance)
+
+
 def _relative_difference(value: float, real: float) -> float:
     if math.isnan(value) or math.isnan(real):
         return math.nan
@@ -321,7 +331,7 @@ def report(
             "generated": _finite_or_none(values[name]),
             "real": _finite_or_none(values[f"real/{name}"]),
             "relative_difference": _finite_or_none(diff),
-            "within_tolerance": bool(abs(diff) <= tolerance),
+            "within_tolerance": _within(name, values[name], values[f"real/{name}"], tolerance),
         }
     return {
         "apollo_version": __version__,
@@ -371,6 +381,10 @@ def format_report(rep: dict) -> str:
         )
     elif rep.get("training_note"):
         lines.append(f"memorization: {rep['training_note']}")
+    if rep.get("endings"):
+        e = rep["endings"]
+        lines.append(f"{'silent last bar':<{width}}{_fmt(e['generated_silent_last_bar']):>10}"
+                     f"   (real pieces ending inside a window: {_fmt(e['real_pieces_end_inside_window'])})")
     return "\n".join(lines)
 
 
@@ -385,6 +399,18 @@ class RollSet:
     grid: Grid
     n_steps: int
     source: dict = field(default_factory=dict)
+
+
+def stretches(roll: PianoRoll, n_steps: int, hop: int) -> list[PianoRoll]:
+    """Every whole ``n_steps`` window of real music inside a piece, one every ``hop`` steps from its
+    first bar with a note; none for a piece shorter than a window. What generated pieces are judged
+    against: music, never padding (the validation and test splits of a dataset are cut the same way)."""
+    bar = 4 * roll.grid.steps_per_beat
+    sounding = np.flatnonzero((roll.cells > SILENT).any(axis=0))
+    if not len(sounding):
+        return []
+    begin, last = sounding[0] // bar * bar, -(-(sounding[-1] + 1) // bar) * bar
+    return [roll.slice(a, a + n_steps).pad(n_steps) for a in range(begin, last - n_steps + 1, hop)]
 
 
 def chunk(roll: PianoRoll, n_steps: int) -> list[PianoRoll]:
@@ -419,9 +445,13 @@ def load_rolls(
     split: str = "val",
     grid: Grid | None = None,
     n_steps: int | None = None,
+    real: bool = False,
 ) -> RollSet:
     """The rolls at ``path``: one split of a dataset (a folder with ``manifest.json``), or a MIDI
-    file or folder of MIDI files (searched recursively) read on ``grid`` and cut by :func:`chunk`.
+    file or folder of MIDI files (searched recursively) read on ``grid``. Generated pieces are cut
+    by :func:`chunk` (a piece that stops early keeps its silence); ``real`` music by
+    :func:`stretches` (whole windows, one per bar; ``source["shorter_than_window"]`` counts the
+    pieces that give none).
 
     Unreadable MIDI files are skipped and listed in ``source["skipped"]``. Raises
     :class:`~apollo.errors.ApolloError` when the path is missing or holds nothing usable.
@@ -443,21 +473,48 @@ def load_rolls(
         raise ApolloError(f"{path}: no MIDI files (.mid, .midi) and no dataset (manifest.json) here")
     grid = grid or Grid()
     n_steps = n_steps or DEFAULT_N_STEPS
-    rolls, skipped = [], []
+    rolls, skipped, short = [], [], 0
     for file in files:
         try:
-            rolls += chunk(PianoRoll.from_midi(file, grid), n_steps)
+            roll = PianoRoll.from_midi(file, grid)
         except MidiError as error:
             skipped.append({"file": str(file.relative_to(path)) if path.is_dir() else file.name, "reason": str(error)})
+            continue
+        cut = stretches(roll, n_steps, 4 * grid.steps_per_beat) if real else chunk(roll, n_steps)
+        short += not cut
+        rolls += cut
     if not rolls:
-        raise ApolloError(f"{path}: none of the {len(files)} MIDI files could be read ({skipped[0]['reason']})")
-    return RollSet(rolls, grid, n_steps, {"source": str(path), "files": len(files), "skipped": skipped})
+        if not short:
+            raise ApolloError(f"{path}: none of the {len(files)} MIDI files could be read ({skipped[0]['reason']})")
+        raise ApolloError(f"{path}: no whole {n_steps}-step stretch of music: its {short} readable pieces are shorter")
+    source = {"source": str(path), "files": len(files), "skipped": skipped}
+    if real:
+        source["shorter_than_window"] = short
+    return RollSet(rolls, grid, n_steps, source)
 
 
 def _subset(rolls: list[PianoRoll], limit: int | None, rng: np.random.Generator) -> list[PianoRoll]:
     if limit is None or len(rolls) <= limit:
         return rolls
     return [rolls[i] for i in sorted(rng.choice(len(rolls), size=limit, replace=False))]
+
+
+def endings(generated: Sequence[PianoRoll], reference: str | Path, split: str, ref: RollSet) -> dict:
+    """Where pieces end, measured on its own rather than as empty bars: the share of generated
+    rolls whose last bar is silent, and the share of the reference's pieces that end inside one
+    window (shorter than it), which is how often a real piece of this corpus would stop there."""
+    last_bar = 4 * ref.grid.steps_per_beat
+    silent_end = np.mean([not (r.cells[:, -last_bar:] > SILENT).any() for r in generated])
+    if _is_dataset(Path(reference)):
+        from apollo.dataset import read_manifest
+
+        files = read_manifest(reference)["files"]
+        lengths = [n for n, s in zip(files["n_steps"], files["split"]) if s == split]
+        real_end = np.mean([n < ref.n_steps for n in lengths]) if lengths else math.nan
+    else:
+        readable = ref.source["files"] - len(ref.source["skipped"])
+        real_end = ref.source["shorter_than_window"] / readable
+    return {"generated_silent_last_bar": float(silent_end), "real_pieces_end_inside_window": _finite_or_none(float(real_end))}
 
 
 def evaluate_paths(
@@ -481,7 +538,7 @@ def evaluate_paths(
     for path in (generated, reference):
         if not Path(path).exists():
             raise ApolloError(f"{path}: no such file or folder")
-    ref = load_rolls(reference, split=split)
+    ref = load_rolls(reference, split=split, real=True)
     gen = load_rolls(generated, split=generated_split, grid=ref.grid, n_steps=ref.n_steps)
     if gen.rolls[0].cells.shape != ref.rolls[0].cells.shape:
         raise ApolloError(
@@ -502,6 +559,7 @@ def evaluate_paths(
     if training is not None:
         sources["training"] = {"source": str(reference), "split": "train"}
     rep = report(gen_rolls, ref_rolls, training, tolerance=tolerance, sources=sources)
+    rep["endings"] = endings(gen_rolls, reference, split, ref)
     rep["seed"] = seed
     if note:
         rep["training_note"] = note

@@ -1,6 +1,6 @@
 """Set-level comparison after Yang & Lerch 2018 ("On the evaluation of generative models in music").
 
-Each roll is described by nine *features* (:data:`FEATURES`). For every feature Apollo collects
+Each roll is described by ten *features* (:data:`FEATURES`). For every feature Apollo collects
 three distributions of Euclidean distances between feature vectors:
 
 - intra-set of the generated set (all pairs ``i < j``),
@@ -31,11 +31,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from apollo.metrics import Facts, Roll
+from apollo.metrics import Facts, Roll, follow_pairs, successors
 
 __all__ = [
     "FEATURES",
     "LENGTH_CLASSES",
+    "MAX_VOICE_STEP",
     "GRID_POINTS",
     "features",
     "pairwise_distances",
@@ -50,19 +51,8 @@ __all__ = [
 # Note-length classes in beats, from the sixteenth to "two bars or more". A note falls in the
 # longest class not longer than itself (shorter than a sixteenth: the first class).
 LENGTH_CLASSES = np.array([0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0])
+MAX_VOICE_STEP = 12  # voice-step classes: 0, 1, ..., 12 semitones, then one class for every larger leap
 GRID_POINTS = 1024
-
-
-def _follow_pairs(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (a, b) of notes where b starts exactly when a ends: the note-to-note transitions."""
-    order = np.argsort(start, kind="stable")
-    sorted_start = start[order]
-    lo = np.searchsorted(sorted_start, end, side="left")
-    hi = np.searchsorted(sorted_start, end, side="right")
-    counts = hi - lo
-    a = np.repeat(np.arange(len(end)), counts)
-    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    return a, order[np.repeat(lo, counts) + within]
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:
@@ -93,7 +83,7 @@ def pitch_class_transition(roll: Roll) -> np.ndarray:
     every voice pair.
     """
     f = Facts.of(roll)
-    a, b = _follow_pairs(f.start, f.end)
+    a, b = follow_pairs(f.start, f.end)
     m = np.zeros((12, 12))
     np.add.at(m, (f.pitch[a] % 12, f.pitch[b] % 12), 1.0)
     return _normalized(m).ravel()
@@ -142,11 +132,26 @@ def note_length_transition(roll: Roll) -> np.ndarray:
     """NLTM [81]: share of note-to-note transitions (as in PCTM) from length class i to j."""
     f = Facts.of(roll)
     classes = _length_class(f.start, f.end, f.grid.steps_per_beat)
-    a, b = _follow_pairs(f.start, f.end)
+    a, b = follow_pairs(f.start, f.end)
     n = len(LENGTH_CLASSES)
     m = np.zeros((n, n))
     np.add.at(m, (classes[a], classes[b]), 1.0)
     return _normalized(m).ravel()
+
+
+def voice_step(roll: Roll) -> np.ndarray:
+    """VS [14]: share of voice steps of 0, 1, ..., 12 and more than 12 semitones.
+
+    A voice step is ``|b - a|`` from each note ``a`` to its successor ``b`` in its voice (the
+    note starting when it ends, nearest in pitch: :func:`apollo.metrics.successors`). All zeros
+    when no note has a successor.
+    """
+    f = Facts.of(roll)
+    succ = successors(f)
+    has = succ >= 0
+    pitch = f.pitch.astype(np.int64)
+    steps = np.minimum(np.abs(pitch[succ[has]] - pitch[has]), MAX_VOICE_STEP + 1)
+    return _normalized(np.bincount(steps, minlength=MAX_VOICE_STEP + 2).astype(np.float64))
 
 
 # name -> function returning a 1-D float vector; the order of every table.
@@ -160,6 +165,7 @@ FEATURES: dict[str, Callable[[Roll], np.ndarray]] = {
     "inter_onset_interval": inter_onset_interval,
     "note_length_histogram": note_length_histogram,
     "note_length_transition": note_length_transition,
+    "voice_step": voice_step,
 }
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from apollo import distributed
 from apollo.checkpoint import latest_checkpoint, save_checkpoint
-from apollo.dataset import Batches, RollDataset, find_latest_dataset
+from apollo.dataset import Batches, DatasetConfig, RollDataset, find_latest_dataset
 from apollo.device import DEVICES, PRECISIONS, choose_precision, resolve_device, use_fast_kernels
 from apollo.errors import ApolloError
 from apollo.io import write_json
@@ -326,7 +326,8 @@ def train(
     dataset_config = dataclasses.asdict(train_set.config)
     # A model trained in one key writes in it; generate moves each piece to one of the corpus's keys.
     key_moves = move_histogram(train_set.provenance["transpose"]) if train_set.config.normalize_key else None
-    if state is not None and state["dataset_config"] != dataset_config:
+    # Compared as configs, so that a checkpoint saved before a field existed reads it as it was then.
+    if state is not None and DatasetConfig.from_dict(state["dataset_config"]) != train_set.config:
         raise ApolloError(f"{data} is not the dataset this run was trained on (its config differs)")
     batches = Batches(train_set, config.batch_size, config.seed, world)
 

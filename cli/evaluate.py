@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-SPLITS = click.Choice(["val", "train"])
+SPLITS = click.Choice(["val", "test", "train"])
 
 
 @click.command()
@@ -15,10 +15,11 @@ SPLITS = click.Choice(["val", "train"])
     "--reference", "-r", required=True, type=click.Path(path_type=Path),
     help="A dataset folder (with manifest.json) or a folder of MIDI files.",
 )
-@click.option("--split", type=SPLITS, default="val", show_default=True, help="Split of the reference dataset.")
+@click.option("--split", type=SPLITS, default="val", show_default=True,
+              help="Split of the reference dataset: val to choose (checkpoints, settings), test only to report.")
 @click.option(
     "--generated-split", type=SPLITS, default="train", show_default=True,
-    help="Split used when GENERATED is a dataset (for the real-vs-real ceiling).",
+    help="Split used when GENERATED is a dataset (the real-vs-real ceiling: --generated-split val --split test).",
 )
 @click.option("--limit", "-n", type=click.IntRange(min=2), help="Use at most N rolls of each side, drawn at random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of that draw.")
@@ -37,13 +38,16 @@ def evaluate(
     """Measure the musical quality of GENERATED against real music.
 
     GENERATED is a MIDI file, a folder of MIDI files (pieces longer than a chunk are cut into
-    chunks) or a dataset. Prints per-sample metrics next to their real values, MGEval overlapped
+    chunks) or a dataset. Real music is compared as whole stretches (a dataset's validation and
+    test splits are cut so; MIDI files as a reference are cut into every whole window, one per
+    bar), never padded. Prints per-sample metrics next to their real values, MGEval overlapped
     areas per feature and their mean, diversity, near-duplicates and, when the reference is a
     dataset, memorization of its training split. See docs/metrics.md.
 
     \b
     Example:
         apollo evaluate samples/ --reference datasets/bach-chorales --json eval.json
+        apollo evaluate samples/ --reference datasets/bach-chorales --split test   # to report
     """
     from apollo.evaluate import evaluate_paths, format_report
     from apollo.io import write_json

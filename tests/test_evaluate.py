@@ -241,7 +241,9 @@ def test_cli_evaluates_midi_folders_and_writes_json(tmp_path):
     assert result.exit_code == 0, result.output
     assert "mean OA" in result.output and "not measured" in result.output
     rep = json.loads((tmp_path / "e.json").read_text())
-    assert rep["generated"]["n"] == 6 and rep["reference"]["n"] == 12  # two chunks per piece
+    # Generated pieces are cut into chunks (one each here); real ones into every whole window, one per bar.
+    assert rep["generated"]["n"] == 6 and rep["reference"]["n"] == 6 * (1 + (512 - 256) // 16)
+    assert rep["endings"]["real_pieces_end_inside_window"] == 0.0
     assert 0 <= rep["values"]["mean_oa"] <= 1 and rep["training"] is None
 
 
@@ -299,3 +301,27 @@ def test_copies_of_training_chunks_are_caught_through_the_cli(chorale_dataset, t
     assert rep["values"]["max_training_overlap"] == pytest.approx(1.0)
     assert rep["values"]["memorization_rate"] >= 2 / 8
     assert "memorization rate" in result.output
+
+
+def test_real_stretches_are_whole_windows_inside_the_piece():
+    r = piece(0, n_steps=300)  # ends in bar 19 (steps 288-299)
+    cut = evaluate.stretches(r, 256, 16)
+    assert len(cut) == 4 and all(c.n_steps == 256 for c in cut)
+    assert np.array_equal(cut[3].cells, r.slice(48, 304).pad(256).cells)
+    assert evaluate.stretches(piece(0, n_steps=200), 256, 16) == []  # shorter than a window: none
+
+
+def test_a_rate_near_zero_is_within_tolerance_when_close_in_absolute_terms():
+    assert evaluate._within("parallel_rate", 0.015, 0.012, 0.1)  # 25 % off, but 0.003 apart
+    assert not evaluate._within("parallel_rate", 0.05, 0.012, 0.1)
+    assert not evaluate._within("voice_step", 2.3, 2.0, 0.1)  # not a rate: 15 % off
+    assert evaluate._within("voice_step", 2.1, 2.0, 0.1)
+
+
+def test_endings_count_silent_last_bars_and_real_pieces_shorter_than_a_window(tmp_path):
+    generated = [piece(1, n_steps=256), piece(2, n_steps=200).pad(256)]  # the second stops in bar 13
+    reference = write_midi(tmp_path / "ref", [piece(3, n_steps=512), piece(4, n_steps=128)])
+    ref = evaluate.load_rolls(reference, real=True)
+    assert ref.source["shorter_than_window"] == 1
+    e = evaluate.endings(generated, reference, "val", ref)
+    assert e == {"generated_silent_last_bar": 0.5, "real_pieces_end_inside_window": 0.5}

@@ -43,7 +43,7 @@ def test_silent_roll_is_all_empty_and_undefined_elsewhere():
     assert values["empty_bar_rate"] == 1.0
     assert values["note_density"] == 0.0
     for name in ("used_pitch_classes", "qualified_note_rate", "polyphony", "polyphony_rate",
-                 "pitch_class_entropy", "scale_consistency", "pitch_range"):
+                 "pitch_class_entropy", "scale_consistency", "pitch_range", "voice_step", "parallel_rate"):
         assert math.isnan(values[name]), name
     assert values["groove_consistency"] == 1.0  # two bars with the same (empty) onset pattern
 

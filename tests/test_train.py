@@ -381,10 +381,10 @@ def test_a_run_saved_by_an_earlier_apollo_still_resumes_and_generates(chorale_di
     """tests/data/run-saved-2026-12-05: two steps of a width-8 model, saved by the code of that day."""
     saved = Path(__file__).parent / "data" / "run-saved-2026-12-05"
     data = tmp_path / "chorales"
-    preprocess(chorale_dir, data, DatasetConfig(), workers=1)
+    state = load_checkpoint(saved / "checkpoints" / "last.pt")
+    preprocess(chorale_dir, data, DatasetConfig.from_dict(state["dataset_config"]), workers=1)  # as that day made it
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    state = load_checkpoint(saved / "checkpoints" / "last.pt")
     save_checkpoint(run / "checkpoints" / "last.pt", {**state, "data": str(data)})  # the dataset lives elsewhere here
     assert saved_train_config(run / "checkpoints" / "last.pt").terms == {"diversity": 1.0, "texture": 2.0}
     train(TrainConfig(steps=3), resume=run, progress=False)
