@@ -130,8 +130,8 @@ def calibrate(
 
     ``probabilities`` are the model's samples (``[planes, pitches, steps]`` each); ``moves``
     transposes each decoded sample (a model trained in one key, as ``apollo generate`` does) before
-    it is measured against ``reference``, which should be the training split. ``decodings``
-    defaults to :func:`candidates`; the default :class:`Decoding` is always tried, as the baseline.
+    it is measured against ``reference``, real music of the validation split (choose there, report
+    on test). ``decodings`` defaults to :func:`candidates`; the default :class:`Decoding` is always tried, as the baseline.
     ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`.
     """
     # Imported here: `apollo generate` reads Decoding and should not load the evaluation code.

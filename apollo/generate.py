@@ -37,7 +37,7 @@ from apollo.errors import ApolloError
 from apollo.instruments import instrument_program
 from apollo.io import FoundFile, write_json
 from apollo.key import draw_move
-from apollo.roll import ENCODINGS, Grid, PianoRoll
+from apollo.roll import ENCODINGS, HELD, SILENT, Grid, PianoRoll
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded
     import torch
@@ -55,6 +55,7 @@ __all__ = [
     "ModelChoice",
     "ModelSpec",
     "export_model",
+    "hold_last_chord",
     "find_model",
     "generate",
     "key_move",
@@ -71,6 +72,7 @@ DEFAULT_TEMPO = 100.0  # beats per minute when the model does not say (the train
 BEATS_PER_BAR = 4  # the datasets are cut in bars of 4/4
 OVERLAP_COLUMNS = 4  # noise columns shared by neighbouring windows (8 bars with the default grid)
 EDGE_COLUMNS = 1  # columns at a window's edge that zero padding changes; never used inside a piece
+ENDINGS = ("hold", "none")  # how a piece of N bars stops (generate's `ending`)
 WINDOWS_PER_BATCH = 16  # windows pushed through the generator at once (bounds memory on long pieces)
 
 
@@ -222,6 +224,23 @@ def sample_probabilities(generator: Generator, n_steps: int, seed: int) -> np.nd
     return out[..., :n_steps]
 
 
+def hold_last_chord(roll: PianoRoll, bar_steps: int) -> PianoRoll:
+    """The piece ending on purpose: in its last bar, the notes sounding at the first step where any
+    sounds are held to the end, and nothing new starts after them. The model never learned to stop
+    (its training windows play a piece round), so a piece asked for N bars would otherwise stop
+    mid-phrase, wherever bar N happens to fall."""
+    cells = roll.cells.copy()
+    last = cells[:, -bar_steps:]  # a view: changing it changes cells
+    sounding = np.flatnonzero((last > SILENT).any(axis=0))
+    if not len(sounding):
+        return roll
+    first = sounding[0]
+    chord = last[:, first] > SILENT
+    last[:, first + 1 :] = SILENT
+    last[chord, first + 1 :] = HELD
+    return replace(roll, cells=cells)
+
+
 # -- files ---------------------------------------------------------------------------------------
 
 
@@ -278,6 +297,7 @@ def generate(
     n: int = 1,
     seed: int | None = None,
     bars: int | None = None,
+    ending: str = "hold",
     tempo: float | None = None,
     threshold: float | None = None,
     onset_threshold: float | None = None,
@@ -297,7 +317,9 @@ def generate(
     :mod:`apollo.instruments`); the MIDI carries its program and the tempo.
     ``threshold``, ``onset_threshold`` and ``min_length`` decode the model's probabilities
     (:class:`~apollo.decoding.Decoding`); each one left out is the model's own (its saved decoding,
-    else the defaults).
+    else the defaults). ``ending`` is how a piece stops where it was asked to: ``"hold"`` holds the
+    chord of its last bar's first beat to the end (:func:`hold_last_chord`), ``"none"`` cuts the
+    music at the bar line as the model made it.
     ``wav`` renders each piece beside its MIDI file exactly as ``apollo render`` does; ``png``
     saves its piano roll. ``transpose`` moves every piece by that many semitones; left out, a model
     trained in one key (``--normalize-key``) moves each piece to a key drawn, with the piece's seed,
@@ -313,6 +335,8 @@ def generate(
         raise ApolloError(f"--min-length must be at least 1 step, got {min_length}")
     if bars is not None and bars < 1:
         raise ApolloError(f"--bars must be at least 1, got {bars}")
+    if ending not in ENDINGS:
+        raise ApolloError(f"--ending must be one of {', '.join(ENDINGS)}, got {ending!r}")
     if tempo is not None and not 10 <= tempo <= 400:
         raise ApolloError(f"--tempo must lie in 10..400 beats per minute, got {tempo}")
     instrument = instrument_program(instrument)
@@ -331,6 +355,8 @@ def generate(
     for i, midi_path in enumerate(numbered_paths(out, n)):
         probs = sample_probabilities(generator, n_steps, seed + i)
         roll = decoding.decode(probs, spec.encoding, spec.grid, tempo)
+        if ending == "hold":
+            roll = hold_last_chord(roll, spec.steps_per_bar)
         move = key_move(spec, seed + i) if transpose is None else transpose
         if move:
             roll = roll.transpose(move)

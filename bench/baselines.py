@@ -1,10 +1,12 @@
-"""The reference rows of docs/results.md: the real-vs-real ceiling and the two baselines.
+"""The rows of docs/results.md: models beside the real-vs-real ceiling and two baselines, on one split.
 
-Every row goes through :func:`apollo.evaluate.evaluate_paths`, the code behind ``apollo evaluate``:
+Every row goes through :func:`apollo.evaluate.evaluate_paths`, the code behind ``apollo evaluate``,
+against the dataset's **test** split (``--split``; the validation split is for choosing):
 
-- ceiling: ``n`` chunks of the training split measured against the validation split, i.e. what a
-  model that reproduced the training distribution perfectly would score (memorization is not
-  measured: these *are* training chunks);
+- ceiling: real music against real music: the validation split's stretches measured against the
+  test split's, what a model indistinguishable from the corpus would score;
+- a model (``--model LABEL=CHECKPOINT``, repeatable): ``n`` pieces of one window generated with
+  seeds ``seed * 1000 + i``, written as MIDI, as ``apollo generate --n N --seed S`` writes them;
 - random: density-matched random rolls (:func:`apollo.markov.random_rolls`), written as MIDI;
 - markov: a first-order Markov chain fitted on the training split (:class:`apollo.markov.MarkovChain`),
   sampled and written as MIDI.
@@ -12,8 +14,8 @@ Every row goes through :func:`apollo.evaluate.evaluate_paths`, the code behind `
 Each row is measured for several seeds (a different draw of the ``n`` rolls each time); the
 tables give the mean over seeds and, for mean OA, the spread (min..max). Usage::
 
-    python bench/baselines.py datasets/bach-chorales -o out/baselines
-    python bench/baselines.py datasets/bach-chorales -o out/baselines-64 -n 64
+    python bench/baselines.py datasets/bach-chorales -o out/table-chorales
+    python bench/baselines.py datasets/folk -o out/table-folk --model default=runs/NAME/checkpoints/best.pt
 
 It writes ``<row>-seed<k>/`` MIDI folders, ``<row>-seed<k>.json`` reports (the layout of
 ``apollo evaluate --json``) and ``tables.md``, and prints the tables. Each baseline folder can be
@@ -31,11 +33,12 @@ import numpy as np
 
 from apollo.dataset import RollDataset
 from apollo.evaluate import CHECKED, evaluate_paths
+from apollo.generate import generate
 from apollo.io import write_json
 from apollo.markov import MarkovChain, random_rolls
 from apollo.mgeval import FEATURES
 
-ROWS = ("ceiling", "random", "markov")
+BASELINES = ("ceiling", "random", "markov")
 SHORT = {
     "empty_bar_rate": "EB",
     "used_pitch_classes": "UPC",
@@ -47,6 +50,8 @@ SHORT = {
     "groove_consistency": "groove",
     "pitch_range": "range",
     "note_density": "notes/bar",
+    "voice_step": "step",
+    "parallel_rate": "par",
     "diversity": "div",
 }
 
@@ -58,23 +63,30 @@ def write_midi(rolls, folder: Path) -> Path:
     return folder
 
 
-def measure(dataset: Path, out: Path, n: int, seeds: list[int]) -> dict[str, list[dict]]:
+def measure(dataset: Path, out: Path, n: int, seeds: list[int], models: dict[str, str],
+            split: str = "test") -> dict[str, list[dict]]:
     train = RollDataset(dataset, split="train").rolls()
     n_steps = train[0].n_steps
     t0 = time.perf_counter()
     chain = MarkovChain.fit(train)
     print(f"markov: {chain.n_states} states from {len(train)} training chunks in {time.perf_counter() - t0:.1f} s")
-    reports: dict[str, list[dict]] = {row: [] for row in ROWS}
+    rows = [*BASELINES, *models]
+    reports: dict[str, list[dict]] = {row: [] for row in rows}
     for seed in seeds:
-        for row in ROWS:
+        for row in rows:
             t0 = time.perf_counter()
+            generated_split = "train"
             if row == "ceiling":
-                generated = dataset  # its train split, n chunks drawn with this seed
+                generated, generated_split = dataset, "val"  # real stretches of other pieces
             elif row == "random":
                 generated = write_midi(random_rolls(n, train, n_steps, seed=seed), out / f"{row}-seed{seed}")
-            else:
+            elif row == "markov":
                 generated = write_midi(chain.sample(n, n_steps, seed=seed), out / f"{row}-seed{seed}")
-            rep = evaluate_paths(generated, dataset, split="val", limit=n, seed=seed)
+            else:
+                generated = out / f"{row}-seed{seed}"
+                # The model's own music: real stretches do not end, so neither do these (no held last chord).
+                generate(generated / "piece.mid", checkpoint=models[row], n=n, seed=seed * 1000, ending="none")
+            rep = evaluate_paths(generated, dataset, split=split, generated_split=generated_split, limit=n, seed=seed)
             rep["row"] = row
             write_json(out / f"{row}-seed{seed}.json", rep)
             reports[row].append(rep)
@@ -97,7 +109,7 @@ def tables(reports: dict[str, list[dict]]) -> str:
     first = reports["ceiling"][0]
     n_gen, n_ref = first["generated"]["n"], first["reference"]["n"]
     lines = [
-        f"{n_gen} generated rolls per seed against {n_ref} validation rolls; "
+        f"{n_gen} generated rolls per seed against {n_ref} {first['reference'].get('split', '')} rolls; "
         f"seeds {', '.join(str(r['seed']) for r in reports['ceiling'])}; mean over seeds.",
         "",
         "| row | mean OA (min..max) | metrics within 10 % | diversity | near-duplicates | memorization (max overlap) |",
@@ -114,7 +126,7 @@ def tables(reports: dict[str, list[dict]]) -> str:
         )
     real_memo = _mean(reports["markov"], "real/memorization_rate")
     lines.append(
-        f"| real (validation) | — | — | {_cell(_mean(reports['ceiling'], 'real/diversity'))} | "
+        f"| real (reference) | — | — | {_cell(_mean(reports['ceiling'], 'real/diversity'))} | "
         f"{_cell(_mean(reports['ceiling'], 'real/near_duplicate_rate'))} | "
         f"{_cell(real_memo)} ({_cell(_mean(reports['markov'], 'real/max_training_overlap'), 2)}) |"
     )
@@ -123,7 +135,7 @@ def tables(reports: dict[str, list[dict]]) -> str:
     for row, reps in reports.items():
         lines.append(f"| {row} | " + " | ".join(_cell(_mean(reps, m), 2) for m in CHECKED) + " |")
     real = [_cell(_mean(reports["ceiling"], f"real/{m}"), 2) for m in CHECKED]
-    lines.append("| real (validation) | " + " | ".join(real) + " |")
+    lines.append("| real (reference) | " + " | ".join(real) + " |")
 
     lines += ["", "| row | " + " | ".join(FEATURES) + " |", "|---" * (len(FEATURES) + 1) + "|"]
     for row, reps in reports.items():
@@ -137,9 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", type=Path, default=Path("out/baselines"))
     parser.add_argument("-n", type=int, default=256, help="generated rolls per row and seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--split", default="test", choices=["test", "val"], help="the reference split")
+    parser.add_argument("--model", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                        help="a model row: a training checkpoint, an exported model or 'bundled'")
     args = parser.parse_args(argv)
+    models = dict(item.split("=", 1) for item in args.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    reports = measure(args.dataset, args.out, args.n, args.seeds)
+    reports = measure(args.dataset, args.out, args.n, args.seeds, models, args.split)
     text = tables(reports)
     (args.out / "tables.md").write_text(text + "\n")
     print()

@@ -1,9 +1,10 @@
-"""Choose a model's decoding on the training split (:func:`apollo.decoding.calibrate`), and ship it.
+"""Choose a model's decoding on the validation split (:func:`apollo.decoding.calibrate`), and ship it.
 
 Samples ``n`` pieces from the model (piece ``i`` from seed ``100000 + i``: noise that no row of
 docs/results.md measures), decodes them with every candidate of :func:`apollo.decoding.candidates`,
-and measures each against the dataset's **training split**; the validation split, on which the
-results are reported, takes no part. Prints every trial, best first, and the choice (the highest
+and measures each against the dataset's **validation split**, where every choice is made; the
+test split, on which the results are reported, takes no part. (A dataset made before test splits
+existed has no clean held-out split; the training split is used then, and the script says so.) Prints every trial, best first, and the choice (the highest
 mean OA among the decodings that miss no metric the default decoding keeps within 10 %)::
 
     python bench/calibrate_decoding.py runs/NAME/checkpoints/best.pt --data datasets/bach-chorales
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from apollo.decoding import Decoding, calibrate
+from apollo.dataset import read_manifest
 from apollo.errors import ApolloError
 from apollo.evaluate import load_rolls
 from apollo.generate import (
@@ -60,10 +62,17 @@ def main() -> None:
     generator, spec = load_model(find_model(args.checkpoint))
     seeds = range(FIRST_SEED, FIRST_SEED + args.n)
     probabilities = [sample_probabilities(generator, spec.n_steps, seed) for seed in seeds]
-    reference = load_rolls(args.data, split="train").rolls
+    try:
+        split = "val" if read_manifest(args.data)["counts"].get("test_files") is not None else "train"
+    except ApolloError:
+        split = "train"
+    if split == "train":
+        print(f"{args.data} has no test split (an older dataset): its validation split is reported on, so the "
+              "decoding is chosen on the training split")
+    reference = load_rolls(args.data, split=split, real=True).rolls
     choice, trials = calibrate(probabilities, reference, encoding=spec.encoding, grid=spec.grid,
                                tempo=spec.tempo, moves=[key_move(spec, seed) for seed in seeds])
-    print(f"{args.n} samples against {len(reference)} training chunks of {args.data} ({time.perf_counter() - t0:.0f} s)")
+    print(f"{args.n} samples against {len(reference)} {split} rolls of {args.data} ({time.perf_counter() - t0:.0f} s)")
     baseline = next(t for t in trials if t.decoding.effective == Decoding().effective)
     print("| decoding | mean OA | keeps what the default keeps | outside 10 % | notes / bar | qualified notes | polyphony |")
     print("|---|---|---|---|---|---|---|")
@@ -75,7 +84,7 @@ def main() -> None:
     print(f"chosen: {choice}")
     if args.export:
         provenance["decoding"] = (f"chosen by bench/calibrate_decoding.py on {args.n} samples against the "
-                                  f"training split of {args.data}: {choice}")
+                                  f"{split} split of {args.data}: {choice}")
         export_model(args.checkpoint, args.export, provenance=provenance, decoding=choice)
         print(f"exported {args.export}")
 

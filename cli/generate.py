@@ -30,6 +30,8 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
               help="Pieces to generate; several are numbered beside OUT (out-01.mid, ...).")
 @click.option("--seed", type=click.IntRange(min=0), help="Same seed, same files. Default: random (printed).")
 @click.option("--bars", type=click.IntRange(min=1), help="Length in bars of 4/4. Default: one window of the model (16).")
+@click.option("--ending", type=click.Choice(["hold", "none"]), default="hold", show_default=True,
+              help="How the piece stops at its last bar: hold the chord on its first beat, or cut as the model made it.")
 @click.option("--tempo", type=click.FloatRange(10, 400), help=f"Beats per minute. Default: the model's (else {DEFAULT_TEMPO:g}).")
 @click.option("--threshold", type=PROBABILITY,
               help="A cell sounds where its probability is above this; lower gives more notes. "
@@ -48,7 +50,7 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
 @click.option("--png", is_flag=True, help="Also save each piece's piano roll as a PNG beside it.")
 @soundfont_option
 def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int, n: int, seed: int | None,
-             bars: int | None, tempo: float | None, threshold: float | None, onset_threshold: float | None,
+             bars: int | None, ending: str, tempo: float | None, threshold: float | None, onset_threshold: float | None,
              min_length: int | None,
              transpose: int | None, wav: bool, png: bool,
              soundfont: Path | None) -> None:
@@ -63,7 +65,7 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
     if checkpoint is not None and run is not None:
         raise click.UsageError("give --checkpoint or --run, not both")
     result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, n=n, seed=seed, bars=bars,
-                             tempo=tempo, threshold=threshold, onset_threshold=onset_threshold, min_length=min_length,
+                             ending=ending, tempo=tempo, threshold=threshold, onset_threshold=onset_threshold, min_length=min_length,
                              transpose=transpose, wav=wav, png=png, soundfont=soundfont)
     click.echo(f"Model: {result.model}; decoding: {result.decoding}")
     seeds = f"{result.seed}" if n == 1 else f"{result.seed}..{result.seed + n - 1} (one per piece)"

@@ -352,3 +352,26 @@ def test_the_shipped_bundled_model_makes_a_violin_piece_with_no_run(tmp_path, mo
     with wave.open(str(tmp_path / "out.wav")) as wav:
         frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
     assert np.abs(frames).max() > 1000  # audible, not silence
+
+
+def test_a_piece_ends_on_purpose_holding_its_last_bars_first_chord():
+    # Bar 1: a scale; bar 2: a rest on beat 1, then C-E-G at step 20 and a run that would go on.
+    notes = [(60 + i, i * 2, i * 2 + 2) for i in range(8)]
+    notes += [(60, 20, 24), (64, 20, 22), (67, 20, 24), (72, 24, 26), (74, 26, 30), (71, 30, 32)]
+    pitch, start, end = (np.array(x) for x in zip(*notes))
+    roll = PianoRoll.from_notes(pitch, start, end, n_steps=32)
+    held = generate_module.hold_last_chord(roll, 16)
+    assert np.array_equal(held.cells[:, :20], roll.cells[:, :20])  # all before the chord is untouched
+    got = {(int(p), int(s), int(e)) for p, s, e in zip(*held.notes())}
+    assert {(60, 20, 32), (64, 20, 32), (67, 20, 32)} <= got and all(s < 20 or s == 20 for _, s, _ in got)
+    assert generate_module.hold_last_chord(PianoRoll.from_notes(pitch[:8], start[:8], end[:8], n_steps=32), 16).n_notes == 8
+
+
+def test_ending_none_keeps_the_models_music_and_hold_changes_only_the_last_bar(models, tmp_path):
+    run("--checkpoint", models["pt"], "--seed", 4, "--ending", "none", tmp_path / "none.mid")
+    run("--checkpoint", models["pt"], "--seed", 4, tmp_path / "hold.mid")
+    none, hold = PianoRoll.from_midi(tmp_path / "none.mid"), PianoRoll.from_midi(tmp_path / "hold.mid")
+    bar = 16
+    n = min(none.n_steps, hold.n_steps)
+    cut = n - bar if n % bar == 0 else n // bar * bar
+    assert np.array_equal(none.cells[:, :cut], hold.cells[:, :cut])

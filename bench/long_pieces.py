@@ -1,0 +1,67 @@
+"""Silent bars in long pieces: chained windows against whole real pieces.
+
+Generates ``--n`` pieces of ``--bars`` bars from a model (seeds 0..n-1, as ``apollo generate --bars
+N --seed S --ending none`` makes them) and counts, per piece, the silent bars *inside* it (between
+its first and its last sounding bar) and at its end. The real row counts the same in every piece
+of the dataset's test split, read whole from its MIDI folder. Usage::
+
+    python bench/long_pieces.py --checkpoint bundled --data datasets/bach-chorales --midi midi/bach-chorales
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from apollo.dataset import read_manifest
+from apollo.decoding import Decoding
+from apollo.generate import find_model, load_model, sample_probabilities
+from apollo.metrics import bars
+from apollo.roll import PianoRoll
+
+
+def silent_bars(roll: PianoRoll) -> tuple[int, int]:
+    """(silent bars between the first and the last sounding bar, silent bars after the last)."""
+    sounding = bars(roll).any(axis=(1, 2))
+    where = np.flatnonzero(sounding)
+    if not len(where):
+        return 0, len(sounding)
+    inside = sounding[where[0] : where[-1] + 1]
+    return int((~inside).sum()), int(len(sounding) - 1 - where[-1])
+
+
+def summary(counts: list[tuple[int, int]]) -> str:
+    inside = np.array([c[0] for c in counts])
+    end = np.array([c[1] for c in counts])
+    return (f"{len(counts)} pieces: {int((inside > 0).sum())} with silent bars inside "
+            f"(mean {inside.mean():.2f}, max {inside.max()}), {int((end > 0).sum())} silent at the end (max {end.max()})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="bundled")
+    parser.add_argument("--data", required=True, type=Path, help="a dataset: its test pieces are the real row")
+    parser.add_argument("--midi", required=True, type=Path, help="the MIDI folder the dataset was made from")
+    parser.add_argument("--bars", type=int, default=64)
+    parser.add_argument("-n", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    generator, spec = load_model(find_model(args.checkpoint))
+    decoding = spec.decoding or Decoding()
+    made = []
+    for seed in range(args.n):
+        probs = sample_probabilities(generator, args.bars * spec.steps_per_bar, seed)
+        made.append(silent_bars(decoding.decode(probs, spec.encoding, spec.grid, spec.tempo)))
+    files = read_manifest(args.data)["files"]
+    real = [silent_bars(PianoRoll.from_midi(args.midi / path, spec.grid))
+            for path, split in zip(files["path"], files["split"]) if split == "test"]
+    print(f"model {args.checkpoint}, {args.bars} bars: {summary(made)}")
+    print(f"real test pieces (whole, any length): {summary(real)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
