@@ -272,25 +272,23 @@ def matched_successors(roll: Roll) -> np.ndarray:
 
 def _ordered_pairs(low_to_high: np.ndarray, to: np.ndarray) -> list[tuple[int, int]]:
     """Order-preserving pairs of ``min(len)`` elements of two sorted pitch lists, least total step."""
-    n, m = len(low_to_high), len(to)
-    k = min(n, m)
-    # cost[i][j][c]: least step pairing c of the first i with c of the first j (dynamic programming).
-    inf = float("inf")
-    cost = np.full((n + 1, m + 1, k + 1), inf)
-    cost[:, :, 0] = 0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            step = abs(int(low_to_high[i - 1]) - int(to[j - 1]))
-            cost[i, j, 1:] = np.minimum(np.minimum(cost[i - 1, j, 1:], cost[i, j - 1, 1:]), cost[i - 1, j - 1, :-1] + step)
-    pairs, i, j, c = [], n, m, k
-    while c:
-        if i > c and cost[i, j, c] == cost[i - 1, j, c]:
-            i -= 1
-        elif j > c and cost[i, j, c] == cost[i, j - 1, c]:
+    flip = len(low_to_high) > len(to)
+    short, long = (to, low_to_high) if flip else (low_to_high, to)
+    k, n = len(short), len(long)
+    step = np.abs(short[:, None].astype(np.int64) - long[None, :])
+    # cost[i, j]: least total step pairing all of the first i short notes with i of the first j long
+    # ones; row by row, cost[i, j] = min(cost[i, j - 1], cost[i - 1, j - 1] + step), a running minimum.
+    cost = np.full((k + 1, n + 1), np.inf)
+    cost[0] = 0
+    for i in range(1, k + 1):
+        cost[i, 1:] = np.minimum.accumulate(cost[i - 1, :-1] + step[i - 1])
+    pairs, i, j = [], k, n
+    while i:
+        if j > i and cost[i, j] == cost[i, j - 1]:
             j -= 1
         else:
-            pairs.append((i - 1, j - 1))
-            i, j, c = i - 1, j - 1, c - 1
+            pairs.append((j - 1, i - 1) if flip else (i - 1, j - 1))
+            i, j = i - 1, j - 1
     return pairs
 
 

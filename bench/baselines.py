@@ -3,8 +3,9 @@
 Every row goes through :func:`apollo.evaluate.evaluate_paths`, the code behind ``apollo evaluate``,
 against the dataset's **test** split (``--split``; the validation split is for choosing):
 
-- ceiling: real music against real music: the validation split's stretches measured against the
-  test split's, what a model indistinguishable from the corpus would score;
+- ceiling: real music against real music: one stretch of each validation piece (drawn per seed,
+  :func:`one_stretch_per_piece`) measured against the test split, what a model indistinguishable
+  from the corpus would score;
 - a model (``--model LABEL=CHECKPOINT``, repeatable): ``n`` pieces of one window generated with
   seeds ``seed * 1000 + i``, written as MIDI, as ``apollo generate --n N --seed S`` writes them;
 - random: density-matched random rolls (:func:`apollo.markov.random_rolls`), written as MIDI;
@@ -18,13 +19,15 @@ tables give the mean over seeds and, for mean OA, the spread (min..max). Usage::
     python bench/baselines.py datasets/folk -o out/table-folk --model default=runs/NAME/checkpoints/best.pt
 
 It writes ``<row>-seed<k>/`` MIDI folders, ``<row>-seed<k>.json`` reports (the layout of
-``apollo evaluate --json``) and ``tables.md``, and prints the tables. Each baseline folder can be
+``apollo evaluate --json``) and ``tables.md``, and prints the tables. A report already in the
+folder is read, not measured again, so a second run with another ``--model`` adds only its row. Each baseline folder can be
 measured again with ``apollo evaluate OUT/markov-seed0 --reference DATASET --limit N --seed 0``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -63,6 +66,21 @@ def write_midi(rolls, folder: Path) -> Path:
     return folder
 
 
+def one_stretch_per_piece(dataset: Path, seed: int) -> list:
+    """One validation stretch of each validation piece, drawn with ``seed``.
+
+    Stretches of one piece overlap (one starts every bar) and share its key, motifs and texture; a
+    set holding many of them is far more alike inside than independent samples are, which drags
+    MGEval's overlapped area down (0.81 instead of 0.87-0.90 on bach-chorales). A model's samples
+    are independent, so the ceiling takes one stretch per piece.
+    """
+    val = RollDataset(dataset, split="val")
+    files = val.provenance["file"]
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.choice(np.flatnonzero(files == f))) for f in np.unique(files)]
+    return val.rolls(chosen)
+
+
 def measure(dataset: Path, out: Path, n: int, seeds: list[int], models: dict[str, str],
             split: str = "test") -> dict[str, list[dict]]:
     train = RollDataset(dataset, split="train").rolls()
@@ -75,9 +93,12 @@ def measure(dataset: Path, out: Path, n: int, seeds: list[int], models: dict[str
     for seed in seeds:
         for row in rows:
             t0 = time.perf_counter()
-            generated_split = "train"
+            done = out / f"{row}-seed{seed}.json"
+            if done.is_file():  # measured by an earlier run into this folder: rerunning adds rows
+                reports[row].append(json.loads(done.read_text()))
+                continue
             if row == "ceiling":
-                generated, generated_split = dataset, "val"  # real stretches of other pieces
+                generated = write_midi(one_stretch_per_piece(dataset, seed), out / f"{row}-seed{seed}")
             elif row == "random":
                 generated = write_midi(random_rolls(n, train, n_steps, seed=seed), out / f"{row}-seed{seed}")
             elif row == "markov":
@@ -86,7 +107,7 @@ def measure(dataset: Path, out: Path, n: int, seeds: list[int], models: dict[str
                 generated = out / f"{row}-seed{seed}"
                 # The model's own music: real stretches do not end, so neither do these (no held last chord).
                 generate(generated / "piece.mid", checkpoint=models[row], n=n, seed=seed * 1000, ending="none")
-            rep = evaluate_paths(generated, dataset, split=split, generated_split=generated_split, limit=n, seed=seed)
+            rep = evaluate_paths(generated, dataset, split=split, limit=n, seed=seed)
             rep["row"] = row
             write_json(out / f"{row}-seed{seed}.json", rep)
             reports[row].append(rep)
