@@ -16,8 +16,8 @@ install:
 
 demo: install
 	$(PYTHON) -m apollo corpus export bach-chorales midi/bach-chorales
-	$(PYTHON) -m apollo preprocess midi/bach-chorales -o datasets/chorales-in-c --normalize-key --overwrite
-	$(PYTHON) -m apollo train --data datasets/chorales-in-c --minutes 2 --batch-size 32 --no-progress
+	$(PYTHON) -m apollo preprocess midi/bach-chorales -o datasets/bach-chorales --overwrite
+	$(PYTHON) -m apollo train --data datasets/bach-chorales --minutes 2 --batch-size 32 --no-progress
 	$(PYTHON) -m apollo generate --checkpoint bundled --instrument violin --seed 0 --wav --png out/demo.mid
 	@echo "Listen to out/demo.wav (MIDI: out/demo.mid, picture: out/demo.png); the short training run is in runs/."
 
