@@ -128,9 +128,11 @@ def _cell(value: float | None, digits: int = 3) -> str:
 def tables(reports: dict[str, list[dict]]) -> str:
     """Markdown: the headline table, the musical metrics, and OA per feature."""
     first = reports["ceiling"][0]
-    n_gen, n_ref = first["generated"]["n"], first["reference"]["n"]
+    n_gen = max(reps[0]["generated"]["n"] for reps in reports.values())
+    n_ref, n_ceiling = first["reference"]["n"], first["generated"]["n"]
     lines = [
-        f"{n_gen} generated rolls per seed against {n_ref} {first['reference'].get('split', '')} rolls; "
+        f"{n_gen} generated rolls per seed ({n_ceiling} for the ceiling) against {n_ref} "
+        f"{first['reference'].get('split', '')} rolls; "
         f"seeds {', '.join(str(r['seed']) for r in reports['ceiling'])}; mean over seeds.",
         "",
         "| row | mean OA (min..max) | metrics within 10 % | diversity | near-duplicates | memorization (max overlap) |",

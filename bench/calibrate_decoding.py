@@ -43,7 +43,7 @@ FIRST_SEED = 100_000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--data", required=True, help="the dataset whose training split is the reference")
+    parser.add_argument("--data", required=True, help="the dataset whose validation split is the reference")
     parser.add_argument("-n", type=int, default=768, help="pieces sampled (default: 768)")
     parser.add_argument("--export", help="export the model with the chosen decoding to this .safetensors file")
     parser.add_argument("--provenance", help="JSON of an earlier export whose provenance the export keeps")
