@@ -98,6 +98,9 @@ class TrainConfig:
     # A generator partly collapsed onto a few pieces can still score a high mean OA; such a
     # checkpoint is never "best" (docs/training.md).
     best_max_duplicates: float = 0.05  # most share of evaluated pieces with a near-duplicate among them
+    # ... nor one whose bars fall silent more often than real bars do (by more than this share):
+    # the mean OA can rise while a generator still leaves holes in its pieces (docs/results.md).
+    best_max_silence: float = 0.01
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -377,8 +380,9 @@ def train(
         quality = evaluate(generate_rolls(networks.sampler, fixed_noise[: config.n_eval], train_set.config), reference)
         log.scalars(step, quality, prefix="eval/")
         duplicates = quality["near_duplicate_rate"] or 0.0  # None: fewer than two pieces
+        silence = (quality["empty_bar_rate"] or 0.0) - (quality["real/empty_bar_rate"] or 0.0)
         if quality["mean_oa"] is not None and duplicates <= config.best_max_duplicates and \
-                (best is None or quality["mean_oa"] > best):
+                silence <= config.best_max_silence and (best is None or quality["mean_oa"] > best):
             best = quality["mean_oa"]
             checkpoint("best")
 

@@ -23,8 +23,9 @@ from apollo.terms import TERMS
 from apollo.train import TrainConfig, latest_checkpoint, saved_train_config, train
 
 # Width 8 and batches of 4: every step takes milliseconds, and the loop still runs for real.
+# best_max_silence off: a model of a few steps leaves bars empty, and most tests want a best.pt.
 TINY = dict(preset="tiny", batch_size=4, log_every=2, sample_every=4, eval_every=4, n_samples=2, n_eval=8,
-            n_reference=16)
+            n_reference=16, best_max_silence=1.0)
 
 
 pytestmark = pytest.mark.usefixtures("tiny_preset")
@@ -102,6 +103,23 @@ def test_best_is_the_highest_mean_oa_among_evaluations_without_collapse(data, tm
         chosen = max(allowed, key=lambda line: line["eval/mean_oa"])
         state = load_checkpoint(best)
         assert state["best_metric"] == chosen["eval/mean_oa"] and state["step"] == chosen["step"]
+
+
+@pytest.mark.parametrize("limit", [0.0, 1.0])
+def test_best_never_falls_silent_more_often_than_real_music(data, tmp_path, limit):
+    config = TrainConfig(steps=8, best_max_duplicates=1.0, **{**TINY, "eval_every": 2, "best_max_silence": limit})
+    run = train(config, data=data, run=tmp_path / "run", progress=False)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [line for line in lines if line.get("eval/mean_oa") is not None]
+    extra = [(line["eval/empty_bar_rate"] or 0.0) - (line["eval/real/empty_bar_rate"] or 0.0) for line in evaluated]
+    assert max(extra) > 0  # the rule has work to do: a model of 8 steps leaves bars empty
+    allowed = [line for line, e in zip(evaluated, extra) if e <= limit]
+    best = run / "checkpoints" / "best.pt"
+    if not allowed:
+        assert not best.exists()
+    else:
+        chosen = max(allowed, key=lambda line: line["eval/mean_oa"])
+        assert load_checkpoint(best)["step"] == chosen["step"]
 
 
 def test_the_checkpoint_alone_rebuilds_the_generator(data, tmp_path):
