@@ -71,7 +71,7 @@ class PreprocessSummary:
     train_chunks: int = 0
     val_chunks: int = 0
     test_chunks: int = 0
-    held_out_files: dict[str, int] = field(default_factory=dict)  # split -> files
+    held_out_files: dict[str, int] = field(default_factory=dict)  # split asked for -> its files
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"}, as in the manifest
     resumed: int = 0  # files whose results came from an interrupted earlier run
     seconds: float = 0.0
@@ -88,7 +88,7 @@ class PreprocessSummary:
         skipped = f"{len(self.skipped)} skipped ({', '.join(reasons)})" if self.skipped else "0 skipped"
         resumed = f", {self.resumed} from the interrupted run" if self.resumed else ""
         missing = [name for split, name in (("val", "validation"), ("test", "test"))
-                   if not self.held_out_files.get(split)]
+                   if self.held_out_files.get(split) == 0]
         # Splits go by tune hash: a corpus of a handful of tunes may hold out none.
         note = f"; no {' or '.join(missing)} piece among so few tunes" if missing and self.files_used else ""
         return (
@@ -490,7 +490,8 @@ def _finish(
     summary.train_chunks = len(chunks["train"]["file"])
     summary.val_chunks = len(chunks["val"]["file"])
     summary.test_chunks = len(chunks["test"]["file"])
-    summary.held_out_files = {split: splits.count(split) for split in ("val", "test")}
+    wanted = {"val": config.val_fraction, "test": config.test_fraction}
+    summary.held_out_files = {split: splits.count(split) for split, fraction in wanted.items() if fraction > 0}
 
     manifest = {
         "format": FORMAT,
