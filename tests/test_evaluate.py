@@ -325,3 +325,20 @@ def test_endings_count_silent_last_bars_and_real_pieces_shorter_than_a_window(tm
     assert ref.source["shorter_than_window"] == 1
     e = evaluate.endings(generated, reference, "val", ref)
     assert e == {"generated_silent_last_bar": 0.5, "real_pieces_end_inside_window": 0.5}
+
+
+def test_the_test_split_is_a_reference_of_whole_stretches_and_endings_are_reported(chorale_dataset, tmp_path):
+    from apollo.dataset import RollDataset, read_manifest
+
+    train = RollDataset(chorale_dataset, split="train").rolls()
+    folder = write_midi(tmp_path / "samples", MarkovChain.fit(train).sample(6, train[0].n_steps, seed=1))
+    result = CliRunner().invoke(cli, ["evaluate", str(folder), "-r", str(chorale_dataset), "--split", "test",
+                                      "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "silent last bar" in result.output and "real pieces ending inside a window" in result.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["reference"]["split"] == "test" and rep["reference"]["n"] == len(RollDataset(chorale_dataset, "test"))
+    assert rep["values"]["real/empty_bar_rate"] == 0.0  # real stretches, never padding
+    files = read_manifest(chorale_dataset)["files"]
+    lengths = [n for n, split in zip(files["n_steps"], files["split"]) if split == "test"]
+    assert rep["endings"]["real_pieces_end_inside_window"] == np.mean([n < 256 for n in lengths])
