@@ -35,7 +35,7 @@ import numpy as np
 
 from apollo import __version__, mgeval
 from apollo.errors import ApolloError, MidiError
-from apollo.metrics import METRICS, Facts, sample_metrics
+from apollo.metrics import BEATS_PER_BAR, METRICS, Facts, sample_metrics
 from apollo.roll import SILENT, Grid, PianoRoll
 
 __all__ = [
@@ -405,7 +405,7 @@ def stretches(roll: PianoRoll, n_steps: int, hop: int) -> list[PianoRoll]:
     """Every whole ``n_steps`` window of real music inside a piece, one every ``hop`` steps from its
     first bar with a note; none for a piece shorter than a window. What generated pieces are judged
     against: music, never padding (the validation and test splits of a dataset are cut the same way)."""
-    bar = 4 * roll.grid.steps_per_beat
+    bar = BEATS_PER_BAR * roll.grid.steps_per_beat
     sounding = np.flatnonzero((roll.cells > SILENT).any(axis=0))
     if not len(sounding):
         return []
@@ -466,8 +466,12 @@ def load_rolls(
         rolls = dataset.rolls()
         if not rolls:
             raise ApolloError(f"{path}: the {split} split is empty")
-        config = dataset.config
-        return RollSet(rolls, config.grid, config.n_steps, {"source": str(path), "split": split})
+        config, files = dataset.config, dataset.manifest["files"]
+        source = {"source": str(path), "split": split}
+        if real:  # the split's pieces, those that give no window included (they count for endings)
+            lengths = [n for n, s in zip(files["n_steps"], files["split"]) if s == split]
+            source.update(pieces=len(lengths), shorter_than_window=sum(n < config.n_steps for n in lengths))
+        return RollSet(rolls, config.grid, config.n_steps, source)
     files = _midi_files(path)
     if not files:
         raise ApolloError(f"{path}: no MIDI files (.mid, .midi) and no dataset (manifest.json) here")
@@ -480,7 +484,7 @@ def load_rolls(
         except MidiError as error:
             skipped.append({"file": str(file.relative_to(path)) if path.is_dir() else file.name, "reason": str(error)})
             continue
-        cut = stretches(roll, n_steps, 4 * grid.steps_per_beat) if real else chunk(roll, n_steps)
+        cut = stretches(roll, n_steps, BEATS_PER_BAR * grid.steps_per_beat) if real else chunk(roll, n_steps)
         short += not cut
         rolls += cut
     if not rolls:
@@ -489,7 +493,7 @@ def load_rolls(
         raise ApolloError(f"{path}: no whole {n_steps}-step stretch of music: its {short} readable pieces are shorter")
     source = {"source": str(path), "files": len(files), "skipped": skipped}
     if real:
-        source["shorter_than_window"] = short
+        source.update(pieces=len(files) - len(skipped), shorter_than_window=short)
     return RollSet(rolls, grid, n_steps, source)
 
 
@@ -499,21 +503,14 @@ def _subset(rolls: list[PianoRoll], limit: int | None, rng: np.random.Generator)
     return [rolls[i] for i in sorted(rng.choice(len(rolls), size=limit, replace=False))]
 
 
-def endings(generated: Sequence[PianoRoll], reference: str | Path, split: str, ref: RollSet) -> dict:
+def endings(generated: Sequence[PianoRoll], ref: RollSet) -> dict:
     """Where pieces end, measured on its own rather than as empty bars: the share of generated
-    rolls whose last bar is silent, and the share of the reference's pieces that end inside one
-    window (shorter than it), which is how often a real piece of this corpus would stop there."""
-    last_bar = 4 * ref.grid.steps_per_beat
+    rolls whose last bar is silent, and the share of the reference's pieces (read with ``real``)
+    that end inside one window, which is how often a real piece of this corpus would stop there."""
+    last_bar = BEATS_PER_BAR * ref.grid.steps_per_beat
     silent_end = np.mean([not (r.cells[:, -last_bar:] > SILENT).any() for r in generated])
-    if _is_dataset(Path(reference)):
-        from apollo.dataset import read_manifest
-
-        files = read_manifest(reference)["files"]
-        lengths = [n for n, s in zip(files["n_steps"], files["split"]) if s == split]
-        real_end = np.mean([n < ref.n_steps for n in lengths]) if lengths else math.nan
-    else:
-        readable = ref.source["files"] - len(ref.source["skipped"])
-        real_end = ref.source["shorter_than_window"] / readable
+    pieces = ref.source["pieces"]
+    real_end = ref.source["shorter_than_window"] / pieces if pieces else math.nan
     return {"generated_silent_last_bar": float(silent_end), "real_pieces_end_inside_window": _finite_or_none(float(real_end))}
 
 
@@ -559,7 +556,7 @@ def evaluate_paths(
     if training is not None:
         sources["training"] = {"source": str(reference), "split": "train"}
     rep = report(gen_rolls, ref_rolls, training, tolerance=tolerance, sources=sources)
-    rep["endings"] = endings(gen_rolls, reference, split, ref)
+    rep["endings"] = endings(gen_rolls, ref)
     rep["seed"] = seed
     if note:
         rep["training_note"] = note

@@ -323,7 +323,7 @@ def test_endings_count_silent_last_bars_and_real_pieces_shorter_than_a_window(tm
     reference = write_midi(tmp_path / "ref", [piece(3, n_steps=512), piece(4, n_steps=128)])
     ref = evaluate.load_rolls(reference, real=True)
     assert ref.source["shorter_than_window"] == 1
-    e = evaluate.endings(generated, reference, "val", ref)
+    e = evaluate.endings(generated, ref)
     assert e == {"generated_silent_last_bar": 0.5, "real_pieces_end_inside_window": 0.5}
 
 
