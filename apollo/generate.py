@@ -34,9 +34,9 @@ import numpy as np
 
 from apollo.decoding import Decoding
 from apollo.errors import ApolloError
-from apollo.instruments import instrument_program
 from apollo.io import FoundFile, write_json
 from apollo.key import draw_move
+from apollo.parts import Part, arrange, check_choice, write_arrangement
 from apollo.roll import ENCODINGS, HELD, SILENT, Grid, PianoRoll
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded
@@ -64,6 +64,7 @@ __all__ = [
     "numbered_paths",
     "sample_probabilities",
     "write_midi",
+    "write_piece",
 ]
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -266,15 +267,58 @@ class GeneratedPiece:
     """One generated piece and the files written for it."""
 
     midi: Path
-    seed: int
+    seed: int | None  # the seed it was drawn from (None where :func:`write_piece` wrote it)
     bars: int
     seconds: float
-    n_notes: int
-    program: int
+    n_notes: int  # notes written, over all parts
+    program: int | None  # the instrument's General MIDI program; None for an ensemble (see parts)
     transpose: int = 0  # semitones the model's output was moved
     wav: Path | None = None
     png: Path | None = None
     render_info: RenderInfo | None = None  # how the WAV was rendered, when one was
+    parts: list[Part] = field(default_factory=list)  # one per MIDI track (apollo.parts)
+    message: str = ""  # what arranging did, in words ("" when nothing worth saying)
+
+
+def write_piece(
+    roll: PianoRoll,
+    midi_path: Path,
+    *,
+    instrument: int | str | None = None,
+    ensemble: str | None = None,
+    line: str | None = None,
+    wav: bool = False,
+    png: bool = False,
+    soundfont: str | Path | None = None,
+    sample_rate: int = 44100,
+) -> GeneratedPiece:
+    """Write a piece for real players: ``roll`` arranged for ``instrument`` (default piano) or
+    ``ensemble`` (:func:`apollo.parts.arrange`, with ``line`` "top" or "bottom" for a solo line),
+    as a MIDI file with one track per part; with ``png`` its parts' piano rolls, with ``wav`` its
+    sound (as ``apollo render``), beside it. The piece's ``seed`` is left None for the caller.
+    Raises ApolloError with a one-line message.
+    """
+    arrangement = arrange(roll, instrument=instrument, ensemble=ensemble, line=line)
+    midi_path = Path(midi_path)
+    try:
+        write_arrangement(arrangement, midi_path)
+    except OSError as error:
+        raise ApolloError(f"{midi_path}: cannot write ({error.strerror or error})") from None
+    parts = arrangement.parts
+    bars = math.ceil(roll.n_steps / (BEATS_PER_BAR * roll.grid.steps_per_beat))
+    program = None if ensemble is not None else parts[0].program
+    piece = GeneratedPiece(midi_path, None, bars, roll.seconds, arrangement.n_notes, program,
+                           parts=parts, message=arrangement.message)
+    if png:
+        from apollo.image import save_png
+
+        piece.png = save_png([part.roll for part in parts], midi_path.with_suffix(".png"))
+    if wav:
+        from apollo.render import render
+
+        piece.render_info = render(midi_path, midi_path.with_suffix(".wav"), soundfont=soundfont, sample_rate=sample_rate)
+        piece.wav = piece.render_info.wav_path
+    return piece
 
 
 @dataclass
@@ -293,7 +337,9 @@ def generate(
     *,
     checkpoint: str | Path | None = None,
     run: str | Path | None = None,
-    instrument: int | str = 0,
+    instrument: int | str | None = None,
+    ensemble: str | None = None,
+    line: str | None = None,
     n: int = 1,
     seed: int | None = None,
     bars: int | None = None,
@@ -314,7 +360,10 @@ def generate(
     Piece ``i`` (from 0) is made from seed ``seed + i``, so one seed always gives the same files;
     without a seed a random one is drawn (and returned). ``bars`` defaults to one window of the
     model (16 bars). ``instrument`` is a General MIDI name, alias or program (see
-    :mod:`apollo.instruments`); the MIDI carries its program and the tempo.
+    :mod:`apollo.instruments`; default piano), or ``ensemble`` names an ensemble: each piece is
+    arranged for real players (:func:`write_piece`, :mod:`apollo.parts`): one track per part with
+    its program, each part in its range, a monophonic instrument one line (``line``: "top" or
+    "bottom"). The MIDI carries the programs and the tempo.
     ``threshold``, ``onset_threshold`` and ``min_length`` decode the model's probabilities
     (:class:`~apollo.decoding.Decoding`); each one left out is the model's own (its saved decoding,
     else the defaults). ``ending`` is how a piece stops where it was asked to: ``"hold"`` holds the
@@ -339,7 +388,7 @@ def generate(
         raise ApolloError(f"--ending must be one of {', '.join(ENDINGS)}, got {ending!r}")
     if tempo is not None and not 10 <= tempo <= 400:
         raise ApolloError(f"--tempo must lie in 10..400 beats per minute, got {tempo}")
-    instrument = instrument_program(instrument)
+    check_choice(instrument, ensemble, line)  # before the model loads
     if Path(out).suffix.lower() not in (".mid", ".midi") or Path(out).is_dir():
         raise ApolloError(f"{out}: the output should be a .mid file")
     choice = find_model(checkpoint, run, runs_root)
@@ -360,17 +409,9 @@ def generate(
         move = key_move(spec, seed + i) if transpose is None else transpose
         if move:
             roll = roll.transpose(move)
-        write_midi(roll, midi_path, program=instrument)
-        piece = GeneratedPiece(midi_path, seed + i, bars, roll.seconds, roll.n_notes, instrument, move)
-        if png:
-            from apollo.image import save_png
-
-            piece.png = save_png(roll, midi_path.with_suffix(".png"))
-        if wav:
-            from apollo.render import render
-
-            piece.render_info = render(midi_path, midi_path.with_suffix(".wav"), soundfont=soundfont, sample_rate=sample_rate)
-            piece.wav = piece.render_info.wav_path
+        piece = write_piece(roll, midi_path, instrument=instrument, ensemble=ensemble, line=line, wav=wav, png=png,
+                            soundfont=soundfont, sample_rate=sample_rate)
+        piece.seed, piece.bars, piece.transpose = seed + i, bars, move
         result.pieces.append(piece)
     return result
 

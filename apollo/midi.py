@@ -12,6 +12,7 @@ it in worker processes with a memory limit and a timeout. Notes are quantized in
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +26,19 @@ __all__ = [
     "MAX_STEPS",
     "MAX_TRACKS",
     "MidiNotes",
+    "NoteTrack",
     "check_structure",
     "read_bytes",
     "read_notes",
     "unwrap_rmid",
     "write_notes",
+    "write_tracks",
 ]
 
 MAX_STEPS = 1 << 16  # longest piece read, in steps (4096 bars of 4/4 at sixteenths)
 MAX_FILE_BYTES = 32 << 20  # the largest real MIDI files are a few MB; bigger ones are not music
 MAX_TRACKS = 1024  # real files have at most a few hundred; thousands mean a broken writer
+DRUM_CHANNEL = 9  # General MIDI's percussion channel (channel 10 counting from 1)
 
 
 @dataclass
@@ -219,47 +223,105 @@ def write_notes(
     The file carries the tempo, a 4/4 time signature and the General MIDI ``program``, and lasts
     ``n_steps`` steps (default: to the end of the last note), so trailing rests are kept. It is
     written to a temporary file and renamed, so an existing file is never left half-written.
-    The bytes are encoded here directly: per-message objects made this 20x slower.
     """
     if not 0 <= program <= 127:
         raise ValueError(f"program must lie in 0..127, got {program}")
+    track = NoteTrack(pitch, start, end, program=None if is_drum else program,
+                      channel=DRUM_CHANNEL if is_drum else 0, velocity=velocity)
+    return write_tracks(path, [track], steps_per_beat=steps_per_beat, tempo=tempo, n_steps=n_steps, midi_format=0)
+
+
+@dataclass
+class NoteTrack:
+    """One track of a MIDI file to write: notes on a step grid (end exclusive), on one channel.
+
+    ``program`` None sends no program change (the drum channel, 9, has none); ``name`` becomes the
+    track's name event, which notation programs and DAWs show as the part's name.
+    """
+
+    pitch: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    program: int | None = 0
+    channel: int = 0
+    name: str | None = None
+    velocity: int | np.ndarray = 80
+
+
+def write_tracks(
+    path: str | Path | None,
+    tracks: Sequence[NoteTrack],
+    *,
+    steps_per_beat: int = 4,
+    tempo: float = 120.0,
+    n_steps: int | None = None,
+    midi_format: int = 1,
+) -> bytes:
+    """Tracks of notes as the bytes of a Standard MIDI File (saved atomically to ``path`` if given).
+
+    The first track carries the tempo and a 4/4 time signature (format 1 allows notes beside
+    them, so a one-part file stays one track). Every track lasts ``n_steps`` steps (default: to
+    the end of the last note of any track). ``midi_format`` 0 allows exactly one track.
+    The bytes are encoded here directly: per-message objects made this 20x slower.
+    """
+    if midi_format not in (0, 1):
+        raise ValueError(f"midi_format must be 0 or 1, got {midi_format}")
+    if not tracks or (midi_format == 0 and len(tracks) != 1):
+        raise ValueError(f"a format {midi_format} file needs {'exactly one' if midi_format == 0 else 'at least one'} track")
     tpq = 480 if 480 % steps_per_beat == 0 else 120 * steps_per_beat
     ticks_per_step = tpq // steps_per_beat
-    channel = 9 if is_drum else 0
-    pitch = np.asarray(pitch, dtype=np.int64)
-    start = np.asarray(start, dtype=np.int64) * ticks_per_step
-    end = np.asarray(end, dtype=np.int64) * ticks_per_step
-    velocity = np.clip(np.broadcast_to(np.asarray(velocity, dtype=np.int64), pitch.shape), 1, 127)
+    last_step = max((int(np.max(t.end, initial=0)) for t in tracks), default=0)
+    last_tick = max(last_step, n_steps or 0) * ticks_per_step  # every track ends together
+
+    data = bytearray(b"MThd" + (6).to_bytes(4, "big") + midi_format.to_bytes(2, "big")
+                     + len(tracks).to_bytes(2, "big") + tpq.to_bytes(2, "big"))
+    for i, track in enumerate(tracks):
+        body = bytearray()
+        if i == 0:
+            body += b"\x00\xff\x51\x03" + round(60_000_000 / tempo).to_bytes(3, "big")
+            body += b"\x00\xff\x58\x04\x04\x02\x18\x08"  # 4/4
+        body += _track_events(track, ticks_per_step, last_tick)
+        data += b"MTrk" + len(body).to_bytes(4, "big") + body
+    data = bytes(data)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    return data
+
+
+def _track_events(track: NoteTrack, ticks_per_step: int, last_tick: int) -> bytes:
+    """A track's events after the tempo map: its name, program, notes and end of track."""
+    if not 0 <= track.channel <= 15:
+        raise ValueError(f"channel must lie in 0..15, got {track.channel}")
+    if track.program is not None and not 0 <= track.program <= 127:
+        raise ValueError(f"program must lie in 0..127, got {track.program}")
+    pitch = np.asarray(track.pitch, dtype=np.int64)
+    start = np.asarray(track.start, dtype=np.int64) * ticks_per_step
+    end = np.asarray(track.end, dtype=np.int64) * ticks_per_step
+    velocity = np.clip(np.broadcast_to(np.asarray(track.velocity, dtype=np.int64), pitch.shape), 1, 127)
     if len(pitch) and not ((pitch >= 0) & (pitch <= 127)).all():
         raise ValueError("pitches must lie in 0..127")
 
     # Note-offs sort before note-ons at the same tick, so a repeated note is released, then struck.
     tick = np.concatenate([end, start])
     is_on = np.concatenate([np.zeros(len(end), bool), np.ones(len(start), bool)])
-    status = np.where(is_on, 0x90, 0x80) | channel
+    status = np.where(is_on, 0x90, 0x80) | track.channel
     data2 = np.concatenate([np.zeros(len(end), np.int64), velocity])
     order = np.lexsort((is_on, tick))
-    last_tick = int(tick.max()) if len(tick) else 0
-    if n_steps is not None:
-        last_tick = max(last_tick, n_steps * ticks_per_step)
 
     body = bytearray()
-    body += b"\x00\xff\x51\x03" + round(60_000_000 / tempo).to_bytes(3, "big")
-    body += b"\x00\xff\x58\x04\x04\x02\x18\x08"  # 4/4
-    if not is_drum:
-        body += bytes((0, 0xC0 | channel, program))
+    if track.name:
+        name = track.name.encode("utf-8")
+        body += b"\x00\xff\x03" + _varlen(len(name)) + name
+    if track.program is not None:
+        body += bytes((0, 0xC0 | track.channel, track.program))
     now = 0
     for t, st, note, value in zip(tick[order].tolist(), status[order].tolist(),
                                   np.concatenate([pitch, pitch])[order].tolist(), data2[order].tolist()):
         body += _varlen(t - now) + bytes((st, note, value))
         now = t
-    body += _varlen(last_tick - now) + b"\xff\x2f\x00"
-    data = (b"MThd" + (6).to_bytes(4, "big") + (0).to_bytes(2, "big") + (1).to_bytes(2, "big")
-            + tpq.to_bytes(2, "big") + b"MTrk" + len(body).to_bytes(4, "big") + bytes(body))
-    if path is not None:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-    return data
+    body += _varlen(max(last_tick, now) - now) + b"\xff\x2f\x00"
+    return bytes(body)
 
 
 def _varlen(value: int) -> bytes:

@@ -8,11 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from apollo.cli.render import INSTRUMENT, describe, soundfont_option
+from apollo.cli.render import INSTRUMENT, arrangement_options, describe, soundfont_option
 
 from apollo.decoding import Decoding
+from apollo.errors import ApolloError
 from apollo.generate import DEFAULT_TEMPO, bundled_decoding
 from apollo.instruments import instrument_name
+from apollo.parts import check_choice
 
 PROBABILITY = click.FloatRange(0, 1, min_open=True, max_open=True)
 DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --help
@@ -24,8 +26,10 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
               help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
               "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model.")
 @click.option("--run", type=click.Path(file_okay=False, path_type=Path), help="Use this run's best (else last) checkpoint.")
-@click.option("--instrument", type=INSTRUMENT, default="piano", show_default=True,
-              help="General MIDI name, alias or program number (see `apollo instruments`).")
+@click.option("--instrument", type=INSTRUMENT,
+              help="General MIDI name, alias or program number (see `apollo instruments`); an instrument that "
+              "plays one note at a time gets one line. Default: piano.")
+@arrangement_options
 @click.option("--n", "n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Pieces to generate; several are numbered beside OUT (out-01.mid, ...).")
 @click.option("--seed", type=click.IntRange(min=0), help="Same seed, same files. Default: random (printed).")
@@ -49,7 +53,8 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
 @click.option("--wav", is_flag=True, help="Also render each piece to a WAV beside it (as `apollo render`).")
 @click.option("--png", is_flag=True, help="Also save each piece's piano roll as a PNG beside it.")
 @soundfont_option
-def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int, n: int, seed: int | None,
+def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int | None, ensemble: str | None,
+             line: str | None, n: int, seed: int | None,
              bars: int | None, ending: str, tempo: float | None, threshold: float | None, onset_threshold: float | None,
              min_length: int | None,
              transpose: int | None, wav: bool, png: bool,
@@ -57,23 +62,33 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
     """Generate new music as the MIDI file OUT (and a WAV and PNG beside it).
 
     \b
-    Example:
+    Examples:
         apollo generate --instrument violin --bars 32 --wav out.mid
+        apollo generate --ensemble "string quartet" --wav quartet.mid
     """
     from apollo.generate import generate as generate_pieces
 
     if checkpoint is not None and run is not None:
         raise click.UsageError("give --checkpoint or --run, not both")
-    result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, n=n, seed=seed, bars=bars,
+    try:
+        check_choice(instrument, ensemble, line)
+    except ApolloError as error:  # options that exclude each other: a usage error
+        raise click.UsageError(str(error)) from None
+    result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, ensemble=ensemble, line=line,
+                             n=n, seed=seed, bars=bars,
                              ending=ending, tempo=tempo, threshold=threshold, onset_threshold=onset_threshold, min_length=min_length,
                              transpose=transpose, wav=wav, png=png, soundfont=soundfont)
     click.echo(f"Model: {result.model}; decoding: {result.decoding}")
     seeds = f"{result.seed}" if n == 1 else f"{result.seed}..{result.seed + n - 1} (one per piece)"
     click.echo(f"Seed: {seeds}; --seed {result.seed} makes the same files again")
     for piece in result.pieces:
+        played_by = (instrument_name(piece.program) if piece.program is not None
+                     else f"{ensemble} ({', '.join(part.name for part in piece.parts)})")
         click.echo(f"Wrote {piece.midi}: {piece.bars} bars, {piece.seconds:.1f} s at {result.tempo:g} BPM, "
-                   f"{piece.n_notes} notes, {instrument_name(piece.program)}"
+                   f"{piece.n_notes} notes, {played_by}"
                    + (f", moved {piece.transpose:+d} semitones" if piece.transpose else ""))
+        if piece.message:
+            click.echo(f"  {piece.message}")
         if piece.n_notes == 0:
             click.echo(f"warning: {piece.midi} has no notes (try a lower --threshold or --min-length)", err=True)
         if piece.png:

@@ -11,6 +11,7 @@ import click
 
 from apollo.errors import ApolloError
 from apollo.instruments import aliases_of, gm_names, instrument_name, instrument_program
+from apollo.parts import ENSEMBLES, PLAYABLE, find_ensemble, pitch_name
 
 
 class InstrumentType(click.ParamType):
@@ -28,6 +29,32 @@ class InstrumentType(click.ParamType):
 
 
 INSTRUMENT = InstrumentType()
+
+
+class EnsembleType(click.ParamType):
+    """An ensemble of apollo.parts, its name matched forgivingly; converts to the ensemble's name."""
+
+    name = "NAME"
+
+    def convert(self, value, param, ctx) -> str:
+        try:
+            return find_ensemble(value)[0]
+        except ApolloError as error:
+            self.fail(str(error), param, ctx)
+
+
+def arrangement_options(function):
+    """--ensemble and --line: how a piece is arranged for real players (apollo.parts)."""
+    function = click.option(
+        "--line", type=click.Choice(["top", "bottom"]),
+        help="The voice a solo instrument plays. Default: the top voice, the bottom one for bass instruments; "
+        "a polyphonic instrument plays the whole texture unless this is given.",
+    )(function)
+    return click.option(
+        "--ensemble", type=EnsembleType(),
+        help=f"Arrange for an ensemble, one track per part, each in its range: {', '.join(ENSEMBLES)} "
+        "(`apollo instruments` lists the parts).",
+    )(function)
 
 
 def soundfont_option(function):
@@ -80,10 +107,27 @@ def render(midi: Path, wav: Path, soundfont: Path | None, instrument: int | None
 
 @click.command()
 def instruments() -> None:
-    """List the 128 General MIDI instruments with their program numbers and aliases.
+    """List the 128 General MIDI instruments: program number, name, whether it plays one note at a
+    time (`apollo generate` then writes one line) or chords, its playable range, its aliases; then
+    the ensembles of `apollo generate --ensemble` with their parts.
 
     Names are matched ignoring case, spaces and punctuation; numbers count from 0.
     """
     for program, name in enumerate(gm_names()):
+        playable = PLAYABLE[program]
+        plays = "one note" if playable.monophonic else "chords"
         aliases = aliases_of(program)
-        click.echo(f"{program:3d}  {name}" + (f"  (also: {', '.join(aliases)})" if aliases else ""))
+        line = f"{program:3d}  {name:<26} {plays:<9} {pitch_name(playable.low):>3}..{pitch_name(playable.high):<4}"
+        click.echo((line + (f"  (also: {', '.join(aliases)})" if aliases else "")).rstrip())
+    click.echo("\nEnsembles (--ensemble), parts from the top voice down:")
+    for ensemble, parts in ENSEMBLES.items():
+        click.echo(f"  {ensemble}: " + ", ".join(_describe_part(part) for part in parts))
+
+
+def _describe_part(part) -> str:
+    """'Violin I (Violin, G3..E7)': a part's name, its instrument where the name differs, range, voices."""
+    about = [instrument_name(part.program)] if instrument_name(part.program) != part.name else []
+    about.append(f"{pitch_name(part.low)}..{pitch_name(part.high)}")
+    if part.n_voices > 1:
+        about.append(f"{part.n_voices} voices")
+    return f"{part.name} ({', '.join(about)})"

@@ -93,7 +93,9 @@ def test_generate_from_checkpoint_and_export(models, tmp_path, kind):
     assert f"Wrote {out}: 16 bars" in output and "Violin" in output and "Seed: 3" in output
     assert program_and_tempo(out) == ([40], [100.0])
     midi = mido.MidiFile(out)
-    assert sum(m.type == "note_on" and m.velocity > 0 for m in midi.tracks[0]) > 20
+    # A violin plays one line (apollo.parts): fewer notes than the model's chords, still music.
+    assert sum(m.type == "note_on" and m.velocity > 0 for m in midi.tracks[0]) > 10
+    assert "Violin plays one note at a time: wrote the top voice" in output
     assert midi.length == pytest.approx(16 * SECONDS_PER_BAR)
 
 

@@ -43,3 +43,11 @@ def test_every_default_apollo_train_shows_is_the_configs():
     assert len(shown) >= 7
     for option, default in shown:
         assert default == str(getattr(fields, option[2:].replace("-", "_"))), option
+
+
+def test_generate_lists_every_ensemble_and_the_lines():
+    from apollo.parts import ENSEMBLES
+
+    text = help_text("generate")
+    assert all(name in option_help(text, "--ensemble") for name in ENSEMBLES)
+    assert "[top|bottom]" in option_help(text, "--line")

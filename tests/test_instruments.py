@@ -79,11 +79,14 @@ def test_out_of_range_or_empty_is_refused(value):
         instrument_program(value)
 
 
-def test_instruments_command_lists_all_with_aliases():
+def test_instruments_command_lists_all_with_aliases_ranges_and_ensembles():
     result = CliRunner().invoke(cli, ["instruments"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert len(lines) == 128
-    assert lines[40].split() == ["40", "Violin"]
+    assert lines[128] == "" and "Ensembles" in lines[129]
+    assert lines[40].split() == ["40", "Violin", "one", "note", "G3..E7"]
+    assert lines[0].split()[:5] == ["0", "Acoustic", "Grand", "Piano", "chords"] and "A0..C8" in lines[0]
     assert "Alto Sax" in lines[65] and "sax" in lines[65]
     assert "nylon guitar" in lines[24]
+    assert "string quartet: Violin I (Violin, G3..E7), Violin II (Violin, G3..E7), Viola (C3..C6), Cello (C2..E5)" in lines[130]
+    assert any("Right hand (Acoustic Grand Piano, A0..C8, 2 voices)" in line for line in lines[130:])
