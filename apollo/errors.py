@@ -1,6 +1,6 @@
 """The exceptions Apollo raises for bad input; the command line prints them as one line."""
 
-__all__ = ["ApolloError", "MidiError"]
+__all__ = ["ApolloError", "MidiError", "UsageError"]
 
 
 class ApolloError(Exception):
@@ -9,3 +9,7 @@ class ApolloError(Exception):
 
 class MidiError(ApolloError):
     """A MIDI file that cannot be read or is not usable (broken, empty, absurd)."""
+
+
+class UsageError(ApolloError):
+    """A request that does not fit its input, such as bars outside the piece; the command line exits with status 2."""

@@ -1,7 +1,8 @@
 """The ``apollo`` command: a group whose subcommands are imported only when run.
 
 Lazy loading keeps ``apollo --help``, ``apollo render`` and ``apollo instruments`` free of the
-torch import. Every :class:`~apollo.errors.ApolloError` becomes one line on stderr and exit 1.
+torch import. Every :class:`~apollo.errors.ApolloError` becomes one line on stderr and exit 1 (exit 2 for a
+:class:`~apollo.errors.UsageError`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import click
 
 from apollo import __version__
-from apollo.errors import ApolloError
+from apollo.errors import ApolloError, UsageError
 
 # command name -> (module under apollo.cli, attribute, one-line help shown by `apollo --help`)
 COMMANDS = {
@@ -20,6 +21,10 @@ COMMANDS = {
     "train": ("train", "train", "Train the DCGAN on a preprocessed dataset."),
     "recipes": ("train", "recipes", "List the shipped training recipes and the generator's terms."),
     "generate": ("generate", "generate", "Sample new pieces from a trained model as MIDI (and WAV, PNG)."),
+    "continue": ("compose", "continue_", "Continue your MIDI piece for more bars."),
+    "vary": ("compose", "vary", "Variations of your MIDI piece, from close to free."),
+    "infill": ("compose", "infill", "Make chosen bars of your MIDI piece anew, keeping everything else."),
+    "harmonize": ("compose", "harmonize", "Write the voices below your melody."),
     "render": ("render", "render", "Render a MIDI file to WAV through a SoundFont."),
     "instruments": ("render", "instruments", "List the General MIDI instruments and their aliases."),
     "evaluate": ("evaluate", "evaluate", "Measure the musical quality of generated pieces against real ones."),
@@ -44,6 +49,8 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except UsageError as error:
+            raise click.UsageError(str(error)) from None
         except ApolloError as error:
             raise click.ClickException(str(error)) from None
         except KeyboardInterrupt:
