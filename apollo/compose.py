@@ -170,11 +170,14 @@ class Composer:
         return self.complete(roll, given, seed)
 
     def harmonize(self, melody: PianoRoll, *, seed: int = 0) -> PianoRoll:
-        """Voices below ``melody`` (its top line), which stays the top voice note for note."""
+        """Voices below ``melody`` (its top line), which stays the top voice note for note. Where the
+        melody rests, the voices below it may go on."""
         melody = top_line(melody)
-        n_steps = math.ceil(melody.n_steps / self.bar_steps) * self.bar_steps
-        melody = melody.pad(n_steps)
-        return self.complete(melody, _at_or_above_melody(melody), seed)
+        end = melody.n_steps
+        melody = melody.pad(math.ceil(end / self.bar_steps) * self.bar_steps)
+        given = _at_or_above_melody(melody)
+        given[:, end:] = True  # the piece ends with its melody: the rest of the last bar stays silent
+        return self.complete(melody, given, seed)
 
     def vary(self, roll: PianoRoll, amount: float = 0.25, *, seed: int = 0) -> PianoRoll:
         """``roll`` with a share ``amount`` (0..1] of its bars, drawn with ``seed``, made anew."""

@@ -81,7 +81,7 @@ def continue_(source: Path, out: Path, checkpoint: str | None, run: Path | None,
 @click.command()
 @shared_options
 @click.option("--n", "n", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Variations to write, numbered beside OUT (out-1.mid, ...); variation i uses seed SEED+i.")
+              help="Variations to write, numbered beside OUT (out-01.mid, ...); variation i uses seed SEED+i.")
 @click.option("--amount", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="Share of the bars made anew: small stays close to IN, 1 is a new piece.")
 def vary(source: Path, out: Path, checkpoint: str | None, run: Path | None, **options) -> None:
