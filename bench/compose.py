@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import asdict
 import time
 from pathlib import Path
 
@@ -80,19 +81,25 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("out/compose"))
     parser.add_argument("--checkpoint", default="bundled")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="test", choices=["val", "test"],
+                        help="val to choose the search's settings, test to report")
+    parser.add_argument("--note-weight", type=float, default=Search.note_weight,
+                        help="the search's weight of a known note (Search.note_weight)")
+    parser.add_argument("--tasks-only", action="store_true", help="skip the inversion efforts and the speed")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    composer = Composer.load(args.checkpoint)
+    composer = Composer.load(args.checkpoint, search=Search(note_weight=args.note_weight))
     spec, generator, bar = composer.spec, composer.generator, composer.bar_steps
-    real = first_stretch_per_piece(RollDataset(args.dataset, split="test"))
-    print(f"{len(real)} test pieces, first 16-bar stretch of each; model: {composer.model}")
-    results: dict = {"n_pieces": len(real), "model": composer.model.path.name}
+    real = first_stretch_per_piece(RollDataset(args.dataset, split=args.split))
+    print(f"{len(real)} {args.split} pieces, first 16-bar stretch of each; model: {composer.model.path.name}")
+    results: dict = {"n_pieces": len(real), "split": args.split, "model": composer.model.path.name,
+                     "search": asdict(composer.search)}
 
     # 1. Inversion against search effort.
     rows = []
-    for steps, restarts in EFFORTS:
-        search = Search(steps=steps, restarts=restarts)
+    for steps, restarts in [] if args.tasks_only else EFFORTS:
+        search = Search(steps=steps, restarts=restarts, note_weight=args.note_weight)
         f1, seconds = [], []
         for k, roll in enumerate(real):
             start = time.perf_counter()
@@ -146,7 +153,7 @@ def main() -> None:
         "harmonize a 16-bar melody": lambda: composer.harmonize(top_line(piece)),
     }
     results["seconds"] = {}
-    for name, run in speed.items():
+    for name, run in {} if args.tasks_only else speed.items():
         times = []
         for _ in range(5):
             start = time.perf_counter()
