@@ -45,6 +45,8 @@ from apollo.generate import (
     write_piece,
 )
 from apollo.inversion import Search, complete
+from apollo.model import Generator
+from apollo.parts import check_choice
 from apollo.roll import SILENT, Grid, PianoRoll
 
 __all__ = ["TASKS", "InputPiece", "Composer", "top_line", "read_piece", "parse_bars", "compose_file"]
@@ -124,7 +126,7 @@ def parse_bars(text: str) -> tuple[int, int]:
 class Composer:
     """A generator ready to complete pieces: the model, how to decode it and how hard to search."""
 
-    generator: object  # apollo.model.Generator (typed loosely so this module loads without torch)
+    generator: Generator
     spec: ModelSpec
     model: ModelChoice | None = None
     decoding: Decoding | None = None  # None: the model's own
@@ -260,8 +262,6 @@ def compose_file(
         raise UsageError("infill needs --bars, such as --bars 5-8")
     if n < 1 or (n > 1 and task != "vary"):
         raise UsageError("--n is for vary (several variations); other tasks write one piece")
-    from apollo.parts import check_choice
-
     check_choice(instrument, ensemble, line)
     composer = Composer.load(checkpoint, run, runs_root, **({"search": search} if search else {}))
     piece = read_piece(source, composer.spec.grid)
