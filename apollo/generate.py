@@ -24,8 +24,10 @@ by column, so a longer piece starts with the shorter piece of the same seed.
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +51,7 @@ __all__ = [
     "BUNDLED_DIR",
     "BUNDLED_MODEL",
     "bundled_decoding",
+    "Chaining",
     "DEFAULT_TEMPO",
     "GenerateResult",
     "GeneratedPiece",
@@ -60,6 +63,7 @@ __all__ = [
     "generate",
     "key_move",
     "load_model",
+    "noise_columns",
     "noise_tape",
     "numbered_paths",
     "sample_probabilities",
@@ -181,47 +185,76 @@ def load_model(choice: ModelChoice) -> tuple[Generator, ModelSpec]:
     return generator, ModelSpec.from_meta(meta)
 
 
-def noise_tape(generator: Generator, n_columns: int, seed: int) -> torch.Tensor:
-    """Noise ``[C, H, n_columns]`` drawn column by column, so its first columns never depend on its length."""
+def noise_columns(generator: Generator, seed: int) -> Iterator[torch.Tensor]:
+    """The noise tape's columns ``[C, H]``, drawn one by one from ``seed``, without end."""
     import torch
 
     rng = torch.Generator().manual_seed(seed)
     channels, height, _ = generator.config.noise_shape
-    return torch.stack([torch.randn(channels, height, generator=rng) for _ in range(n_columns)], dim=-1)
+    while True:
+        yield torch.randn(channels, height, generator=rng)
+
+
+def noise_tape(generator: Generator, n_columns: int, seed: int) -> torch.Tensor:
+    """Noise ``[C, H, n_columns]`` drawn column by column, so its first columns never depend on its length."""
+    import torch
+
+    return torch.stack(list(itertools.islice(noise_columns(generator, seed), n_columns)), dim=-1)
+
+
+@dataclass(frozen=True)
+class Chaining:
+    """How a generator's windows chain into a long piece (module doc); lengths in steps unless named columns."""
+
+    width: int  # noise columns per window
+    hop_columns: int  # noise columns from one window to the next
+    window: int  # steps per window
+    hop: int  # steps from one window to the next
+    overlap: int  # steps neighbouring windows share (window - hop)
+    edge: int  # steps at a window's edge that get weight 0 inside a piece
+
+    @classmethod
+    def of(cls, generator: Generator) -> Chaining:
+        _, _, width = generator.config.noise_shape
+        window = generator.config.n_steps
+        column = window // width  # steps per noise column
+        overlap_columns = min(OVERLAP_COLUMNS, width - 1)
+        edge_columns = min(EDGE_COLUMNS, (overlap_columns - 1) // 2)
+        hop_columns = width - overlap_columns
+        return cls(width, hop_columns, window, hop_columns * column, overlap_columns * column, edge_columns * column)
+
+    def weight(self, *, first: bool, last: bool) -> np.ndarray:
+        """A window's weight over its steps: 0 on its inner edge columns, a raised-cosine ramp across
+        the middle of each overlap, 1 elsewhere; a fade-out and the next window's fade-in always sum to 1."""
+        fade = self.overlap - 2 * self.edge
+        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)).astype(np.float32)
+        fade_in = np.concatenate([np.zeros(self.edge, np.float32), ramp, np.ones(self.edge, np.float32)])
+        weight = np.ones(self.window, dtype=np.float32)
+        if not first:
+            weight[: self.overlap] = fade_in
+        if not last:
+            weight[-self.overlap :] = fade_in[::-1]
+        return weight
 
 
 def sample_probabilities(generator: Generator, n_steps: int, seed: int) -> np.ndarray:
     """Cell probabilities ``[channels, n_pitches, n_steps]`` of one piece of any length (module doc)."""
     import torch
 
-    _, _, width = generator.config.noise_shape
-    window = generator.config.n_steps
-    column = window // width  # steps per noise column
-    overlap_columns = min(OVERLAP_COLUMNS, width - 1)
-    edge_columns = min(EDGE_COLUMNS, (overlap_columns - 1) // 2)
-    hop_columns = width - overlap_columns
-    hop, overlap, edge = hop_columns * column, overlap_columns * column, edge_columns * column
+    chain = Chaining.of(generator)
+    window, hop = chain.window, chain.hop
     n_windows = 1 + max(0, math.ceil((n_steps - window) / hop))
-    tape = noise_tape(generator, width + (n_windows - 1) * hop_columns, seed)
-    windows = torch.stack([tape[..., k * hop_columns : k * hop_columns + width] for k in range(n_windows)])
+    tape = noise_tape(generator, chain.width + (n_windows - 1) * chain.hop_columns, seed)
+    windows = torch.stack([tape[..., k * chain.hop_columns : k * chain.hop_columns + chain.width]
+                           for k in range(n_windows)])
 
     with torch.inference_mode():
         probs = torch.cat([generator(batch) for batch in windows.split(WINDOWS_PER_BATCH)]).numpy()
 
-    # Each window's weight: 0 on its inner edge column, a raised-cosine ramp across the middle of
-    # the overlap, 1 elsewhere; a fade-out and the next window's fade-in always sum to exactly 1.
-    fade = overlap - 2 * edge
-    ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)).astype(np.float32)
-    fade_in = np.concatenate([np.zeros(edge, np.float32), ramp, np.ones(edge, np.float32)])
     total = window + (n_windows - 1) * hop
     out = np.zeros((*probs.shape[1:3], total), dtype=np.float32)
     for k, p in enumerate(probs):
-        weight = np.ones(window, dtype=np.float32)
-        if k > 0:
-            weight[:overlap] = fade_in
-        if k < n_windows - 1:
-            weight[-overlap:] = fade_in[::-1]
-        out[..., k * hop : k * hop + window] += p * weight
+        out[..., k * hop : k * hop + window] += p * chain.weight(first=k == 0, last=k == n_windows - 1)
     return out[..., :n_steps]
 
 
