@@ -1,0 +1,36 @@
+"""`apollo export`: a thin wrapper over apollo.export (torch is imported only when it runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--onnx", "onnx_path", required=True, metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the generator here as ONNX, and its spec (grid, decoding, chaining) as MODEL.json beside it.")
+@click.option("--checkpoint", metavar="FILE|bundled",
+              help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
+              "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model.")
+@click.option("--run", type=click.Path(file_okay=False, path_type=Path), help="Use this run's best (else last) checkpoint.")
+def export(onnx_path: Path, checkpoint: str | None, run: Path | None) -> None:
+    """Export a generator for runtimes without Python (onnxruntime, onnxruntime-web).
+
+    \b
+    Example:
+        apollo export --onnx web/apollo.onnx --checkpoint bundled
+    """
+    from apollo.export import export_onnx
+
+    if checkpoint is not None and run is not None:
+        raise click.UsageError("give --checkpoint or --run, not both")
+    result = export_onnx(onnx_path, checkpoint=checkpoint, run=run)
+    spec = result.spec
+    click.echo(f"Model: {result.model}")
+    click.echo(f"Wrote {result.onnx}: {spec['input']['name']} {spec['input']['shape']} -> "
+               f"{spec['output']['name']} {spec['output']['shape']}, opset {spec['opset']}, "
+               f"{result.onnx.stat().st_size / 1e6:.1f} MB")
+    click.echo(f"Wrote {result.json}: grid, encoding {spec['encoding']}, tempo {spec['tempo']:g}, decoding "
+               "(threshold {threshold:g}, onset threshold {onset_threshold:g}, min length {min_length}), "
+               "window chaining, provenance".format(**spec["decoding"]))
