@@ -16,22 +16,26 @@ that chains windows exactly as Python does needs nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apollo import __version__
 from apollo.errors import ApolloError
 from apollo.generate import (
     BEATS_PER_BAR,
-    EDGE_COLUMNS,
-    OVERLAP_COLUMNS,
+    Chaining,
     ModelChoice,
     ModelSpec,
     find_model,
 )
 from apollo.io import atomic_path
+
+if TYPE_CHECKING:  # torch is imported only when a model is exported
+    from apollo.model import Generator
 
 __all__ = ["FORMAT", "OPSET", "OnnxExport", "chaining", "export_onnx", "onnx_spec"]
 
@@ -50,24 +54,18 @@ class OnnxExport:
     spec: dict  # the JSON written beside the model
 
 
-def chaining(noise_shape: tuple[int, int, int], n_steps: int) -> dict:
-    """How windows make a piece of any length, exactly as :func:`apollo.generate.sample_probabilities`
-    computes it (see its module doc): lengths in steps, except those named columns (noise columns)."""
-    width = noise_shape[2]
-    overlap_columns = min(OVERLAP_COLUMNS, width - 1)
-    edge_columns = min(EDGE_COLUMNS, (overlap_columns - 1) // 2)
-    column = n_steps // width
-    hop_columns = width - overlap_columns
+def chaining(generator: Generator) -> dict:
+    """How windows make a piece of any length: :class:`apollo.generate.Chaining`, as
+    :func:`apollo.generate.sample_probabilities` uses it (see its module doc), in steps except
+    those named columns (noise columns)."""
+    chain = Chaining.of(generator)
+    column = chain.window // chain.width
     return {
-        "width": width,  # noise columns per window
-        "hop_columns": hop_columns,  # window k reads tape columns [k * hop_columns, k * hop_columns + width)
-        "overlap_columns": overlap_columns,  # noise columns shared by neighbouring windows
-        "edge_columns": edge_columns,  # columns at a window's inner edge that get weight 0
+        **dataclasses.asdict(chain),  # window k reads tape columns [k * hop_columns, k * hop_columns + width)
+        # and covers steps [k * hop, k * hop + window) of the piece
+        "overlap_columns": chain.overlap // column,  # noise columns shared by neighbouring windows
+        "edge_columns": chain.edge // column,  # columns at a window's inner edge that get weight 0
         "steps_per_column": column,
-        "window": n_steps,  # window k covers steps [k * hop, k * hop + window) of the piece
-        "hop": hop_columns * column,
-        "overlap": overlap_columns * column,
-        "edge": edge_columns * column,
         "fade": "fade-in weights over a later window's first `overlap` steps: `edge` zeros, then "
                 "w(i) = 0.5 - 0.5 cos(pi (i + 0.5) / (overlap - 2 edge)) for i < overlap - 2 edge, then `edge` "
                 "ones; the earlier window's last `overlap` steps take them reversed; weighted windows are "
@@ -77,9 +75,10 @@ def chaining(noise_shape: tuple[int, int, int], n_steps: int) -> dict:
     }
 
 
-def onnx_spec(spec: ModelSpec, noise_shape: tuple[int, int, int], planes: int, provenance: dict) -> dict:
+def onnx_spec(generator: Generator, spec: ModelSpec, provenance: dict) -> dict:
     """Everything a runtime needs beside the ONNX file to write the notes Python writes."""
-    channels, height, width = noise_shape
+    channels, height, width = generator.config.noise_shape
+    planes = generator.config.roll_channels
     threshold, onset_threshold, min_length = spec.decoding.effective
     return {
         "format": FORMAT,
@@ -97,7 +96,7 @@ def onnx_spec(spec: ModelSpec, noise_shape: tuple[int, int, int], planes: int, p
         # pitch shorter than `min_length` steps stay silent; a sounding cell starts a note where
         # silence precedes it or (onset encoding) its onset probability is above `onset_threshold`.
         "decoding": {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length},
-        "chaining": chaining(noise_shape, spec.n_steps),
+        "chaining": chaining(generator),
         "provenance": provenance,
     }
 
@@ -135,7 +134,7 @@ def export_onnx(
         **meta.get("provenance", {}),
         "exported_by": f"apollo {__version__} (apollo export --onnx), torch {torch.__version__}, opset {OPSET}",
     }
-    written = onnx_spec(spec, generator.config.noise_shape, generator.config.roll_channels, provenance)
+    written = onnx_spec(generator, spec, provenance)
     noise = generator.sample_noise(2, torch.Generator().manual_seed(0))
     json_path = out.with_suffix(".json")
     try:

@@ -118,8 +118,8 @@ def test_json_holds_what_a_runtime_needs(bundled_onnx):
     assert (written["encoding"], written["n_steps"], written["steps_per_bar"]) == ("onset", 256, 16)
     assert written["chaining"]["overlap_columns"] == OVERLAP_COLUMNS
     assert written["chaining"]["edge_columns"] == EDGE_COLUMNS
-    assert {k: written["chaining"][k] for k in ("width", "window", "hop", "overlap", "edge")} == {
-        "width": 8, "window": 256, "hop": 128, "overlap": 128, "edge": 32}
+    assert {k: written["chaining"][k] for k in ("width", "hop_columns", "window", "hop", "overlap", "edge")} == {
+        "width": 8, "hop_columns": 4, "window": 256, "hop": 128, "overlap": 128, "edge": 32}
     assert written["provenance"]["model"] == "generator.safetensors"
     assert not list(result.onnx.parent.glob(".*.tmp"))  # atomic writes leave nothing behind
 
