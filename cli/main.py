@@ -25,6 +25,8 @@ COMMANDS = {
     "vary": ("compose", "vary", "Variations of your MIDI piece, from close to free."),
     "infill": ("compose", "infill", "Make chosen bars of your MIDI piece anew, keeping everything else."),
     "harmonize": ("compose", "harmonize", "Write the voices below your melody."),
+    "play": ("live", "play", "Play endless generated music live to a MIDI port."),
+    "export": ("export", "export", "Export a generator for other runtimes (ONNX)."),
     "render": ("render", "render", "Render a MIDI file to WAV through a SoundFont."),
     "instruments": ("render", "instruments", "List the General MIDI instruments and their aliases."),
     "evaluate": ("evaluate", "evaluate", "Measure the musical quality of generated pieces against real ones."),
