@@ -12,6 +12,7 @@ import pytest
 from apollo.cli.main import cli
 from click.testing import CliRunner
 
+from apollo.errors import ApolloError
 from apollo.generate import Chaining, find_model, load_model, sample_probabilities
 from apollo.live import (
     Player,
@@ -19,6 +20,7 @@ from apollo.live import (
     Stream,
     endless_probabilities,
     endless_rolls,
+    play,
 )
 from apollo.midi import read_notes
 from apollo.roll import PianoRoll
@@ -183,6 +185,17 @@ def test_ctrl_c_ends_every_note(model):
     assert result.stopped
     check_played(port, stopped=True)
     assert {m.channel for _, m in port.sent if m.type == "control_change"} == {0, 1, 2, 3}
+
+
+def test_play_loads_the_model_announces_and_records(tmp_path):
+    said = []
+    result = play(RecordingPort(), checkpoint="bundled", bars=2, tempo=FAST, seed=1, record=tmp_path / "two.mid",
+                  announce=said.append)
+    assert said and "seed 1" in said[0] and "400 BPM" in said[0]
+    assert result.steps == 32 and result.record == tmp_path / "two.mid"
+    assert len(read_notes(result.record).pitch) == result.n_notes > 0
+    with pytest.raises(ApolloError, match="should be a .mid file"):
+        play(RecordingPort(), checkpoint="bundled", bars=1, record=tmp_path / "two.wav")
 
 
 def test_play_without_a_port_says_why_in_one_line():
