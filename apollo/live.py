@@ -28,6 +28,7 @@ import queue
 import sys
 import threading
 import time
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -243,7 +244,7 @@ class PlayResult:
     steps: int = 0  # steps played
     seconds: float = 0.0
     n_notes: int = 0
-    lateness: list[float] = field(default_factory=list)  # seconds, one per scheduled message
+    lateness: array = field(default_factory=lambda: array("d"))  # seconds, one per scheduled message
     min_lead: float = math.inf  # seconds between a hop being ready and its first step sounding
     behind: int = 0  # hops that were not ready in time
     stopped: bool = False  # by stop() or Ctrl-C rather than the end of the piece
@@ -264,6 +265,7 @@ class Player:
         self._stop = threading.Event()
         self._t0: float | None = None
         self._result = PlayResult()
+        self._error: BaseException | None = None  # from the generating thread
 
     def stop(self) -> None:
         """End playing (from any thread): the notes sounding are ended, then all notes off."""
@@ -279,7 +281,8 @@ class Player:
         worker = threading.Thread(target=self._generate, name="apollo-generate", daemon=True)
         worker.start()
         sounding: dict[tuple[int, int], int] = {}  # (channel, pitch) -> start step
-        notes: list[tuple[int, int, int, int]] = []  # (channel, pitch, start, end) played
+        notes: list[tuple[int, int, int, int]] = []  # (channel, pitch, start, end) played, kept to record
+        n_notes = 0
         step = 0
         try:
             while not self._stop.is_set():
@@ -300,7 +303,10 @@ class Player:
                     if event.message.type == "note_on":
                         sounding[key] = event.step
                     else:
-                        notes.append((*key, sounding.pop(key), event.step))
+                        start = sounding.pop(key)
+                        n_notes += 1
+                        if self.record is not None:
+                            notes.append((*key, start, event.step))
                     step = event.step
         except KeyboardInterrupt:
             self._stop.set()
@@ -312,16 +318,16 @@ class Player:
             for (channel, pitch), start in sorted(sounding.items()):
                 self.port.send(mido.Message("note_off", channel=channel, note=pitch, velocity=0))
                 notes.append((channel, pitch, start, max(step, start + 1)))
+                n_notes += 1
             for channel in sorted(self.stream.programs):
                 self.port.send(mido.Message("control_change", channel=channel, control=ALL_NOTES_OFF, value=0))
             worker.join(timeout=5)
-        result.stopped, result.steps, result.n_notes = stopped, step, len(notes)
+        result.stopped, result.steps, result.n_notes = stopped, step, n_notes
         result.seconds = step * sps
         if self.record is not None:
             self._write(notes, step)
-        error = getattr(self, "_error", None)
-        if error is not None:
-            raise error
+        if self._error is not None:
+            raise self._error
         return result
 
     def _wait(self, due: float) -> bool:

@@ -117,6 +117,18 @@ def test_ensemble_stream_has_no_hanging_notes(model):
     assert len(notes) > 50
 
 
+def test_a_moved_hop_keeps_a_held_note_held():
+    from apollo.live import _transpose
+    from apollo.roll import HELD, ONSET, Grid
+
+    cells = np.zeros((64, 4), np.uint8)
+    cells[10, :3] = HELD  # goes on from the hop before
+    cells[20, 1:] = [ONSET, HELD, HELD]
+    moved = _transpose(PianoRoll(cells, Grid(), 100.0), 5)
+    assert moved.cells[15, 0] == HELD and moved.cells[25, 1] == ONSET
+    assert np.array_equal(moved.cells > 0, np.roll(cells > 0, 5, axis=0))
+
+
 # -- playing in real time --------------------------------------------------------------------------
 
 
