@@ -286,15 +286,12 @@
     }
   }
 
-  async function keepAhead() {  // one generation loop at a time
-    if (app.generating) return app.generating;
-    app.generating = (async () => {
-      try {
-        while (app.notes.steps < app.playStep + AHEAD_STEPS) await generateOne();
-      } finally {
-        app.generating = null;
-      }
-    })();
+  async function generateAhead() {
+    while (app.notes.steps < app.playStep + AHEAD_STEPS) await generateOne();
+  }
+
+  function keepAhead() {  // one generation loop at a time
+    if (!app.generating) app.generating = generateAhead().finally(() => { app.generating = null; });
     return app.generating;
   }
 
@@ -359,6 +356,7 @@
     app.playing = true;
     app.timer = setInterval(schedule, 40);
     $("play").textContent = "Stop";
+    $("download").disabled = false;
     status(`Playing seed ${app.seed}.`);
   }
 
@@ -429,7 +427,7 @@
       $("tempo-value").textContent = tempo.value;
     };
     $("play").onclick = () => (app.playing ? stop() : play().catch(fail));
-    $("seed").onclick = async () => {
+    $("seed").onclick = () => (async () => {
       const playing = app.playing;
       if (playing) stop();
       await app.generating;
@@ -437,7 +435,7 @@
       await keepAhead();
       if (playing) await play();
       else status(`Seed ${app.seed}: press Play.`);
-    };
+    })().catch(fail);
     $("download").onclick = () => {
       const bytes = midiFile(app.notes.all, Math.floor(app.playStep), spec.grid.steps_per_beat, app.tempo, app.program);
       const link = document.createElement("a");
