@@ -383,17 +383,27 @@
     const shift = (app.playStep % 1) * STEP_PX;
     g.fillStyle = "#14161c";
     g.fillRect(0, 0, canvas.width, canvas.height);
-    const perBar = app.spec.steps_per_bar;
-    for (let i = 0; i * STEP_PX < canvas.width + STEP_PX; i++) {
-      const step = first + i, x = i * STEP_PX - shift;
-      if (step >= 0 && step % perBar === 0) { g.fillStyle = "#2a2e38"; g.fillRect(x, 0, 1, canvas.height); }
-      const column = app.columns.get(step);
-      if (!column) continue;
-      for (let p = 0; p < P; p++) {
-        if (!column[p]) continue;
-        g.fillStyle = column[p] === ONSET ? "#ffd166" : (step < app.playStep ? "#c98f3a" : "#e0a458");
-        g.fillRect(column[p] === ONSET ? x + 1 : x, canvas.height - (p + 1) * rowPx, column[p] === ONSET ? STEP_PX - 1 : STEP_PX, rowPx - 1);
+    const perBar = app.spec.steps_per_bar, visible = Math.ceil(canvas.width / STEP_PX) + 2;
+    const x = (step) => Math.round((step - first) * STEP_PX - shift);
+    g.fillStyle = "#2a2e38";
+    for (let step = Math.max(0, Math.ceil(first / perBar) * perBar); step < first + visible; step += perBar) {
+      g.fillRect(x(step), 0, 1, canvas.height);
+    }
+    for (let p = 0; p < P; p++) {  // each note one bar of colour, a gap before a struck-again note
+      const y = Math.round(canvas.height - (p + 1) * rowPx) + 1, h = Math.max(1, Math.round(rowPx) - 1);
+      let start = null;
+      const flush = (end) => {
+        if (start === null) return;
+        g.fillStyle = start < app.playStep ? "#f2b35e" : "#b98546";
+        g.fillRect(x(start) + 1, y, Math.max(1, x(end) - x(start) - 1), h);
+        start = null;
+      };
+      for (let step = first; step < first + visible; step++) {
+        const column = app.columns.get(step), cell = column ? column[p] : SILENT;
+        if (cell === SILENT || cell === ONSET) flush(step);
+        if (cell !== SILENT && start === null) start = step;
       }
+      flush(first + visible);
     }
     g.fillStyle = "#ffffff";
     g.fillRect((app.playStep - first) * STEP_PX - shift, 0, 2, canvas.height);
