@@ -336,13 +336,16 @@
     const notes = app.notes, seq = app.sequencer;
     while (app.nextOn < notes.all.length && notes.all[app.nextOn].start < until) {
       const n = notes.all[app.nextOn++];
-      if (n.start >= app.anchorStep) seq.sendEventAt({ type: "noteon", channel: 0, key: n.pitch, vel: VELOCITY }, Math.round(tickAt(n.start)), true);
-      else n.skipped = true;
+      if (n.start < app.anchorStep) continue;  // began before Play
+      n.onTick = Math.round(tickAt(n.start));
+      seq.sendEventAt({ type: "noteon", channel: 0, key: n.pitch, vel: VELOCITY }, n.onTick, true);
     }
     while (app.nextOff < notes.ended.length && notes.ended[app.nextOff].end < until) {
       const n = notes.ended[app.nextOff++];
-      if (!n.skipped) seq.sendEventAt({ type: "noteoff", channel: 0, key: n.pitch }, Math.round(tickAt(n.end)), true);
+      // after its note-on even when the tempo rose in between, so that no note is left hanging
+      if (n.onTick !== undefined) seq.sendEventAt({ type: "noteoff", channel: 0, key: n.pitch }, Math.max(Math.round(tickAt(n.end)), n.onTick + 1), true);
     }
+    for (const step of app.columns.keys()) if (step < app.playStep - 512) app.columns.delete(step);
     keepAhead().catch(fail);
   }
 
@@ -352,6 +355,7 @@
     app.anchorTick = tickNow() + START_DELAY_MS;
     app.anchorStep = app.playStep;
     app.nextOn = firstIndex(app.notes.all, (n) => n.start >= app.playStep);
+    for (let i = app.nextOn; i < app.notes.all.length; i++) delete app.notes.all[i].onTick;
     app.nextOff = firstIndex(app.notes.ended, (n) => n.end >= app.playStep);
     app.playing = true;
     app.timer = setInterval(schedule, 40);
