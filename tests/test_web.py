@@ -247,7 +247,22 @@ def test_play_sounds_and_the_midi_is_what_was_played(browser):
     # generation keeps ahead of the playhead, window after window
     state = wait_for(browser, lambda s: s["generatedSteps"] > generated + 128, timeout=40)
     assert state["level"] > 0
+    browser.execute_script("""const tempo = document.getElementById("tempo");
+        for (const bpm of [40, 200, 40, 200]) { tempo.value = bpm; tempo.dispatchEvent(new Event("input")); }""")
+    time.sleep(1.0)
     browser.find_element("id", "play").click()  # stop
+    # The events as the synthesizer's sequencer plays them (by tick, then in the order sent): every
+    # note-off ends a sounding note-on of an earlier tick (none hangs, whatever the tempo did), and
+    # no note-on lands on a key that still sounds (a note struck again is ended first).
+    events = [(tick, order, on, key) for order, (on, key, tick) in enumerate(browser.execute_script("return apolloSent()"))]
+    sounding: dict[int, int] = {}  # key -> tick of its note-on
+    for tick, order, on, key in sorted(events):
+        if on:
+            assert key not in sounding, (order, key, tick)
+            sounding[key] = tick
+        else:
+            assert key in sounding and tick > sounding.pop(key), (order, key, tick)
+    assert len(events) > 20
     state = wait_for(browser, lambda s: not s["playing"])
     midi = mido.MidiFile(file=io.BytesIO(bytes(browser.execute_script("return apolloMidi()"))))
     ons = [m for m in midi.tracks[0] if m.type == "note_on" and m.velocity > 0]

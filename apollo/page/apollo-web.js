@@ -254,8 +254,8 @@
     spec: null, session: null, stream: null, notes: null, columns: new Map(),
     seed: 0, program: 0, tempo: 100, playing: false, generating: null,
     audio: null, synth: null, sequencer: null,
-    anchorTick: 0, anchorStep: 0, anchorTime: 0, tick0: 0, time0: 0,
-    nextOn: 0, nextOff: 0, playStep: 0, windowTimes: [],
+    anchorTick: 0, anchorStep: 0, previous: null, scheduledUntil: 0, tick0: 0, time0: 0,
+    nextOn: 0, nextOff: 0, playStep: 0, windowTimes: [], sent: [],
   };
 
   function status(text) { $("status").textContent = text; }
@@ -297,8 +297,16 @@
 
   const stepMs = () => 60000 / (app.tempo * app.spec.grid.steps_per_beat);
   const tickNow = () => app.tick0 + (app.audio.currentTime - app.time0) * 1000;
-  const stepAt = (tick) => app.anchorStep + (tick - app.anchorTick) / stepMs();
-  const tickAt = (step) => app.anchorTick + (step - app.anchorStep) * stepMs();
+  // The music's time: steps to sequencer ticks (ms), linear from the anchor on, and before it at
+  // the tempo that held before the last change.
+  function stepAt(tick) {
+    const p = app.previous;
+    return p && tick < app.anchorTick ? p.step + (tick - p.tick) / p.ms : app.anchorStep + (tick - app.anchorTick) / stepMs();
+  }
+  function tickAt(step) {
+    const p = app.previous;
+    return p && step < app.anchorStep ? p.tick + (step - p.step) * p.ms : app.anchorTick + (step - app.anchorStep) * stepMs();
+  }
 
   async function startAudio() {
     if (app.audio) return;
@@ -334,34 +342,60 @@
     app.playStep = Math.max(0, stepAt(now));
     const until = stepAt(now + HORIZON_MS);
     const notes = app.notes, seq = app.sequencer;
-    while (app.nextOn < notes.all.length && notes.all[app.nextOn].start < until) {
-      const n = notes.all[app.nextOn++];
-      if (n.start < app.anchorStep) continue;  // began before Play
-      n.onTick = Math.round(tickAt(n.start));
-      seq.sendEventAt({ type: "noteon", channel: 0, key: n.pitch, vel: VELOCITY }, n.onTick, true);
-    }
+    // note-offs first: a note struck again where the last one ends gets its note-off, then its
+    // note-on, at the same tick, in that order
     while (app.nextOff < notes.ended.length && notes.ended[app.nextOff].end < until) {
       const n = notes.ended[app.nextOff++];
       // after its note-on even when the tempo rose in between, so that no note is left hanging
-      if (n.onTick !== undefined) seq.sendEventAt({ type: "noteoff", channel: 0, key: n.pitch }, Math.max(Math.round(tickAt(n.end)), n.onTick + 1), true);
+      if (n.onTick === undefined || n.offTick !== undefined) continue;  // never struck, or already sent
+      n.offTick = Math.max(Math.round(tickAt(n.end)), n.onTick + 1);
+      seq.sendEventAt({ type: "noteoff", channel: 0, key: n.pitch }, n.offTick, true);
+      sent(0, n.pitch, n.offTick);
     }
+    while (app.nextOn < notes.all.length && notes.all[app.nextOn].start < until) {
+      const n = notes.all[app.nextOn++];
+      if (n.start < app.anchorStep || n.onTick !== undefined) continue;  // began before Play, or already sent
+      n.onTick = Math.round(tickAt(n.start));
+      seq.sendEventAt({ type: "noteon", channel: 0, key: n.pitch, vel: VELOCITY }, n.onTick, true);
+      sent(1, n.pitch, n.onTick);
+    }
+    app.scheduledUntil = Math.max(app.scheduledUntil, until);
     for (const step of app.columns.keys()) if (step < app.playStep - 512) app.columns.delete(step);
     keepAhead().catch(fail);
+  }
+
+  function sent(on, key, tick) {  // the last events sent to the sequencer, for tests: [on, key, tick]
+    app.sent.push([on, key, tick]);
+    if (app.sent.length > 8192) app.sent.splice(0, 4096);
   }
 
   async function play() {
     await startAudio();
     if (app.audio.state !== "running") await app.audio.resume();
     app.anchorTick = tickNow() + START_DELAY_MS;
-    app.anchorStep = app.playStep;
+    app.anchorStep = app.scheduledUntil = app.playStep;
+    app.previous = null;
     app.nextOn = firstIndex(app.notes.all, (n) => n.start >= app.playStep);
     for (let i = app.nextOn; i < app.notes.all.length; i++) delete app.notes.all[i].onTick;
+    for (let i = app.nextOff; i < app.notes.ended.length; i++) delete app.notes.ended[i].offTick;
     app.nextOff = firstIndex(app.notes.ended, (n) => n.end >= app.playStep);
     app.playing = true;
     app.timer = setInterval(schedule, 40);
     $("play").textContent = "Stop";
     $("download").disabled = false;
     status(`Playing seed ${app.seed}.`);
+  }
+
+  // A change of tempo: the events already sent keep their times (at most HORIZON_MS ahead), and
+  // the new tempo counts from the step where they end, so the music never jumps back or skips.
+  function retime(tempo) {
+    const step = Math.max(app.anchorStep, app.scheduledUntil);
+    if (step > app.anchorStep) {
+      app.previous = { step: app.anchorStep, tick: app.anchorTick, ms: stepMs() };
+      app.anchorTick = tickAt(step);
+      app.anchorStep = step;
+    }
+    app.tempo = tempo;
   }
 
   function firstIndex(list, test) {
@@ -436,7 +470,7 @@
     tempo.value = String(Math.round(app.tempo));
     $("tempo-value").textContent = tempo.value;
     tempo.oninput = () => {
-      if (app.playing) { const now = tickNow(); app.anchorStep = stepAt(now); app.anchorTick = now; }
+      if (app.playing) retime(Number(tempo.value));
       app.tempo = Number(tempo.value);
       $("tempo-value").textContent = tempo.value;
     };
@@ -513,6 +547,7 @@
     seed: app.seed, generatedSteps: app.notes ? app.notes.steps : 0, playStep: app.playStep,
     notes: app.notes ? app.notes.all.length : 0, scheduled: app.nextOn, status: $("status").textContent,
   });
+  window.apolloSent = () => app.sent;
   window.apolloMidi = () => Array.from(midiFile(app.notes.all, Math.floor(app.playStep), app.spec.grid.steps_per_beat, app.tempo, app.program));
 
   main().catch(fail);
