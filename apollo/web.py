@@ -88,11 +88,13 @@ def fetch_npm_files(name: str, cache: Path | None = None) -> Path:
         raise ApolloError(f"apollo web fetches {name}@{version} from the npm registry the first time and needs npm "
                           "for that: install Node.js and npm (Debian: apt-get install npm)")
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([npm, "pack", f"{name}@{version}", "--pack-destination", tmp, "--silent"],
+        done = subprocess.run([npm, "pack", f"{name}@{version}", "--pack-destination", tmp, "--loglevel=error"],
                               check=False, capture_output=True, text=True)
         tarballs = list(Path(tmp).glob("*.tgz"))
         if done.returncode or not tarballs:
-            reason = (done.stderr.strip().splitlines() or ["no tarball"])[-1]
+            errors = [line.removeprefix("npm error").strip() for line in done.stderr.splitlines()
+                      if line.startswith("npm error") and " code " not in f" {line} "]
+            reason = errors[0] if errors else f"exit status {done.returncode}, no tarball"
             raise ApolloError(f"npm pack {name}@{version} failed ({reason}): apollo web needs the npm registry "
                               f"the first time, to fill {folder.parent}")
         staging = Path(tempfile.mkdtemp(dir=_made(folder.parent)))
@@ -148,16 +150,23 @@ def build_page(
     Raises ApolloError with a one-line message.
     """
     from apollo.export import export_onnx
+    from apollo.generate import find_model
     from apollo.instruments import gm_names
     from apollo.render import find_soundfont
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ApolloError(f"{out}: not a folder")
+    # Everything that can fail for want of something is looked for before anything is written.
+    find_model(checkpoint, run, runs_root)
     font = find_soundfont(soundfont)
-    vendor = {name: fetch_npm_files(name) for name in NPM_PACKAGES}  # before writing anything
+    vendor = {name: fetch_npm_files(name) for name in NPM_PACKAGES}
     try:
         (out / "vendor").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ApolloError(f"{out}: cannot write ({error.strerror or error})") from None
+    exported = export_onnx(out / "apollo.onnx", checkpoint=checkpoint, run=run, runs_root=runs_root)
+    try:
         for name, folder in vendor.items():
             for file in NPM_PACKAGES[name][1]:
                 target = vendored_name(name, file)
@@ -168,7 +177,6 @@ def build_page(
         (out / "instruments.json").write_text(json.dumps(list(gm_names())) + "\n")
     except OSError as error:
         raise ApolloError(f"{out}: cannot write ({error.strerror or error})") from None
-    exported = export_onnx(out / "apollo.onnx", checkpoint=checkpoint, run=run, runs_root=runs_root)
     return WebPage(out, str(exported.model), str(font), exported.spec)
 
 

@@ -134,6 +134,24 @@ def test_without_npm_the_first_build_says_so_in_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_a_failing_npm_is_quoted_in_one_line(tmp_path, monkeypatch):
+    npm = tmp_path / "bin" / "npm"
+    npm.parent.mkdir()
+    npm.write_text("#!/bin/sh\necho 'npm error code ENOTFOUND' >&2\necho 'npm error network request failed' >&2\nexit 1\n")
+    npm.chmod(0o755)
+    monkeypatch.setenv("APOLLO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(npm.parent))
+    with pytest.raises(ApolloError) as error:
+        build_page(tmp_path / "out", checkpoint="bundled")
+    assert "\n" not in str(error.value) and "(network request failed)" in str(error.value)
+
+
+def test_a_filled_cache_needs_no_npm(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # the page fixture filled the cache
+    built = build_page(tmp_path / "again", checkpoint="bundled")
+    assert sorted(p.name for p in (built.folder / "vendor").iterdir()) == sorted(p.name for p in (page / "vendor").iterdir())
+
+
 def test_serving_a_folder_without_a_page_is_one_line(tmp_path):
     with pytest.raises(ApolloError, match="no index.html"):
         make_server(tmp_path, port=0)
