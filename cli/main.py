@@ -27,6 +27,7 @@ COMMANDS = {
     "harmonize": ("compose", "harmonize", "Write the voices below your melody."),
     "play": ("live", "play", "Play endless generated music live to a MIDI port."),
     "export": ("export", "export", "Export a generator for other runtimes (ONNX)."),
+    "web": ("web", "web", "Write (and serve) a web page that generates and plays music in the browser."),
     "render": ("render", "render", "Render a MIDI file to WAV through a SoundFont."),
     "instruments": ("render", "instruments", "List the General MIDI instruments and their aliases."),
     "evaluate": ("evaluate", "evaluate", "Measure the musical quality of generated pieces against real ones."),
