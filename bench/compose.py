@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, replace
 import time
 from pathlib import Path
 
@@ -85,16 +85,19 @@ def main() -> None:
                         help="val to choose the search's settings, test to report")
     parser.add_argument("--note-weight", type=float, default=Search.note_weight,
                         help="the search's weight of a known note (Search.note_weight)")
+    parser.add_argument("--threshold", type=float, help="decode made cells at this threshold (default: the model's)")
     parser.add_argument("--tasks-only", action="store_true", help="skip the inversion efforts and the speed")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     composer = Composer.load(args.checkpoint, search=Search(note_weight=args.note_weight))
+    if args.threshold is not None:
+        composer.decoding = replace(composer.spec.decoding, threshold=args.threshold)
     spec, generator, bar = composer.spec, composer.generator, composer.bar_steps
     real = first_stretch_per_piece(RollDataset(args.dataset, split=args.split))
     print(f"{len(real)} {args.split} pieces, first 16-bar stretch of each; model: {composer.model.path.name}")
     results: dict = {"n_pieces": len(real), "split": args.split, "model": composer.model.path.name,
-                     "search": asdict(composer.search)}
+                     "search": asdict(composer.search), "decoding": str(composer.decoding or composer.spec.decoding)}
 
     # 1. Inversion against search effort.
     rows = []
