@@ -52,6 +52,10 @@ from apollo.roll import SILENT, Grid, PianoRoll
 __all__ = ["TASKS", "InputPiece", "Composer", "top_line", "read_piece", "parse_bars", "compose_file"]
 
 TASKS = ("continue", "infill", "harmonize", "vary")
+# Made cells are decoded this much above the model's own threshold: a search that matches given
+# notes raises the probabilities around them, and at the model's threshold the made bars held 20-23
+# notes a bar where Bach's hold 16 (chosen on the validation split: docs/compose.md).
+THRESHOLD_RAISE = 0.15
 
 
 # -- the user's music ----------------------------------------------------------------------------
@@ -129,7 +133,7 @@ class Composer:
     generator: Generator
     spec: ModelSpec
     model: ModelChoice | None = None
-    decoding: Decoding | None = None  # None: the model's own
+    decoding: Decoding | None = None  # None: the model's own, its threshold raised by THRESHOLD_RAISE
     search: Search = field(default_factory=Search)
 
     @classmethod
@@ -141,13 +145,19 @@ class Composer:
         return cls(generator, spec, choice, **options)
 
     @property
+    def made_decoding(self) -> Decoding:
+        """The model's decoding with its threshold raised by THRESHOLD_RAISE (for made cells)."""
+        own = self.spec.decoding
+        return replace(own, threshold=min(own.threshold + THRESHOLD_RAISE, 0.95))
+
+    @property
     def bar_steps(self) -> int:
         return self.spec.steps_per_bar
 
     def complete(self, roll: PianoRoll, given: np.ndarray, seed: int) -> PianoRoll:
         """``roll`` with its cells outside ``given`` ([pitches, steps]) made by the generator."""
         return complete(self.generator, roll, given, encoding=self.spec.encoding,
-                        decoding=self.decoding or self.spec.decoding, search=self.search,
+                        decoding=self.decoding or self.made_decoding, search=self.search,
                         seed=seed, bar_steps=self.bar_steps)
 
     def continue_(self, roll: PianoRoll, bars: int = 8, *, seed: int = 0, ending: str = "hold") -> PianoRoll:

@@ -97,7 +97,7 @@ def main() -> None:
     real = first_stretch_per_piece(RollDataset(args.dataset, split=args.split))
     print(f"{len(real)} {args.split} pieces, first 16-bar stretch of each; model: {composer.model.path.name}")
     results: dict = {"n_pieces": len(real), "split": args.split, "model": composer.model.path.name,
-                     "search": asdict(composer.search), "decoding": str(composer.decoding or composer.spec.decoding)}
+                     "search": asdict(composer.search), "decoding": str(composer.decoding or composer.made_decoding)}
 
     # 1. Inversion against search effort.
     rows = []
