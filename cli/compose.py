@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from apollo.cli.render import INSTRUMENT, arrangement_options, describe, soundfont_option
+from apollo.cli.render import INSTRUMENT, arrangement_options, describe, model_options, soundfont_option
 
 from apollo.errors import ApolloError
 from apollo.instruments import instrument_name
@@ -21,10 +21,7 @@ def shared_options(function):
     for option in reversed([
         click.argument("source", metavar="IN", type=MIDI_IN),
         click.argument("out", type=click.Path(dir_okay=False, path_type=Path)),
-        click.option("--checkpoint", metavar="FILE|bundled",
-                     help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
-                     "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model."),
-        click.option("--run", type=click.Path(file_okay=False, path_type=Path), help="Use this run's best (else last) checkpoint."),
+        model_options,
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same result."),
         click.option("--instrument", type=INSTRUMENT,
                      help="General MIDI name, alias or program (see `apollo instruments`). Default: piano."),
@@ -42,8 +39,6 @@ def do_task(task: str, source: Path, out: Path, checkpoint: str | None, run: Pat
     from apollo.compose import compose_file
     from apollo.parts import check_choice
 
-    if checkpoint is not None and run is not None:
-        raise click.UsageError("give --checkpoint or --run, not both")
     try:
         check_choice(options.get("instrument"), options.get("ensemble"), options.get("line"))
     except ApolloError as error:  # options that exclude each other: a usage error

@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from apollo.cli.render import model_options
 
 
 @click.command()
 @click.option("--onnx", "onnx_path", required=True, metavar="MODEL.onnx", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the generator here as ONNX, and its spec (grid, decoding, chaining) as MODEL.json beside it.")
-@click.option("--checkpoint", metavar="FILE|bundled",
-              help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
-              "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model.")
-@click.option("--run", type=click.Path(file_okay=False, path_type=Path), help="Use this run's best (else last) checkpoint.")
+@model_options
 def export(onnx_path: Path, checkpoint: str | None, run: Path | None) -> None:
     """Export a generator for runtimes without Python (onnxruntime, onnxruntime-web).
 
@@ -23,8 +21,6 @@ def export(onnx_path: Path, checkpoint: str | None, run: Path | None) -> None:
     """
     from apollo.export import export_onnx
 
-    if checkpoint is not None and run is not None:
-        raise click.UsageError("give --checkpoint or --run, not both")
     result = export_onnx(onnx_path, checkpoint=checkpoint, run=run)
     spec = result.spec
     click.echo(f"Model: {result.model}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from apollo.cli.render import INSTRUMENT, arrangement_options, describe, soundfont_option
+from apollo.cli.render import INSTRUMENT, arrangement_options, describe, soundfont_option, model_options
 
 from apollo.decoding import Decoding
 from apollo.errors import ApolloError
@@ -22,10 +22,7 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
 
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--checkpoint", metavar="FILE|bundled",
-              help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
-              "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model.")
-@click.option("--run", type=click.Path(file_okay=False, path_type=Path), help="Use this run's best (else last) checkpoint.")
+@model_options
 @click.option("--instrument", type=INSTRUMENT,
               help="General MIDI name, alias or program number (see `apollo instruments`); an instrument that "
               "plays one note at a time gets one line. Default: piano.")
@@ -68,8 +65,6 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
     """
     from apollo.generate import generate as generate_pieces
 
-    if checkpoint is not None and run is not None:
-        raise click.UsageError("give --checkpoint or --run, not both")
     try:
         check_choice(instrument, ensemble, line)
     except ApolloError as error:  # options that exclude each other: a usage error

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from apollo.cli.render import INSTRUMENT, arrangement_options
+from apollo.cli.render import INSTRUMENT, arrangement_options, model_options
 
 from apollo.errors import ApolloError
 from apollo.parts import check_choice
@@ -16,10 +16,7 @@ from apollo.parts import check_choice
               "where the system allows one (Linux, macOS), else the first port there is.")
 @click.option("--list-ports", is_flag=True, help="List the MIDI output ports and exit.")
 @click.option("--bars", type=click.IntRange(min=1), help="Stop after this many bars of 4/4. Default: play until Ctrl-C.")
-@click.option("--checkpoint", metavar="FILE|bundled",
-              help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
-              "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model.")
-@click.option("--run", type=click.Path(file_okay=False, path_type=Path), help="Use this run's best (else last) checkpoint.")
+@model_options
 @click.option("--instrument", type=INSTRUMENT,
               help="General MIDI name, alias or program number (see `apollo instruments`). Default: piano.")
 @arrangement_options
@@ -44,8 +41,6 @@ def play(port: str | None, list_ports: bool, bars: int | None, checkpoint: str |
         names = live.output_names()
         click.echo("\n".join(names) if names else "no MIDI output ports")
         return
-    if checkpoint is not None and run is not None:
-        raise click.UsageError("give --checkpoint or --run, not both")
     try:
         check_choice(instrument, ensemble, line)
     except ApolloError as error:

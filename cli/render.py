@@ -5,6 +5,7 @@ Neither command imports torch (the test suite checks it in a subprocess).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -55,6 +56,22 @@ def arrangement_options(function):
         help=f"Arrange for an ensemble, one track per part, each in its range: {', '.join(ENSEMBLES)} "
         "(`apollo instruments` lists the parts).",
     )(function)
+
+
+def model_options(function):
+    """--checkpoint and --run: the model, chosen as `apollo generate` chooses it (apollo.generate.find_model)."""
+
+    @functools.wraps(function)
+    def checked(*args, checkpoint=None, run=None, **kwargs):
+        if checkpoint is not None and run is not None:
+            raise click.UsageError("give --checkpoint or --run, not both")
+        return function(*args, checkpoint=checkpoint, run=run, **kwargs)
+
+    checked = click.option("--run", type=click.Path(file_okay=False, path_type=Path),
+                           help="Use this run's best (else last) checkpoint.")(checked)
+    return click.option("--checkpoint", metavar="FILE|bundled",
+                        help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
+                        "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model.")(checked)
 
 
 def soundfont_option(function):

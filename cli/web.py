@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from apollo.cli.render import model_options
 
 
 @click.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--checkpoint", metavar="FILE|bundled",
-              help="A training checkpoint (.pt) or exported model (.safetensors); `bundled` for the model "
-              "that ships with Apollo. Default: the most recent run's best checkpoint, else the bundled model.")
-@click.option("--run", type=click.Path(file_okay=False, path_type=Path), help="Use this run's best (else last) checkpoint.")
+@model_options
 @click.option("--soundfont", metavar="FILE.sf2", help="The SoundFont the page plays through (default: as apollo render).")
 @click.option("--serve", "serve_", is_flag=True, help="Then serve the page until Ctrl-C.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on with --serve.")
@@ -31,8 +29,6 @@ def web(out_dir: Path, checkpoint: str | None, run: Path | None, soundfont: str 
     """
     from apollo.web import build_page, serve
 
-    if checkpoint is not None and run is not None:
-        raise click.UsageError("give --checkpoint or --run, not both")
     page = build_page(out_dir, checkpoint=checkpoint, run=run, soundfont=soundfont)
     click.echo(f"Model: {page.model}")
     click.echo(f"SoundFont: {page.soundfont}")
