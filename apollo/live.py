@@ -9,8 +9,9 @@ context on each side, so the cells equal those of decoding the whole piece at on
 
 :class:`Stream` arranges each hop for the instrument or ensemble (:func:`apollo.parts.arrange`,
 one MIDI channel per part, never the drum channel) and turns it into timed note-on and note-off
-messages. A hop is arranged on its own, so at its start a note held across the boundary is
-matched to the previous hop: a part's note that ends at the boundary and the same part's note of
+messages. A hop is arranged on its own, each part kept at the octave move the first hop chose for
+it (a part that changed octave between hops would jump), so at its start a note held across the
+boundary is matched to the previous hop: a part's note that ends at the boundary and the same part's note of
 the same pitch that begins there are **one note** (no note-off, no new note-on) when the texture
 holds that pitch class across the boundary; otherwise the first ends and the second starts there.
 
@@ -172,6 +173,7 @@ class Stream:
         self.decoding, self.transpose, self.batch, self.velocity = decoding, transpose, batch, velocity
         self.end = None if bars is None else bars * spec.steps_per_bar
         self.programs: dict[int, int] = {}  # channel -> program, known once the first hop is arranged
+        self.moves: list[int] | None = None  # each part's octave move, chosen on the first hop and kept
         self.names: dict[int, str] = {}
 
     @property
@@ -196,7 +198,9 @@ class Stream:
     def _hop(self, roll: PianoRoll, step: int, sounding: set) -> tuple[list[Event], set]:
         """One hop's events, and the notes still sounding at its end (module doc: held notes)."""
         held = {int(p) % 12 for p in np.flatnonzero(roll.cells[:, 0] == HELD) + roll.grid.lowest_pitch}
-        parts = arrange(roll, instrument=self.instrument, ensemble=self.ensemble, line=self.line).parts
+        parts = arrange(roll, instrument=self.instrument, ensemble=self.ensemble, line=self.line, moves=self.moves).parts
+        if self.moves is None:
+            self.moves = [part.move for part in parts]
         if len(parts) > len(CHANNELS):
             raise ApolloError(f"{len(parts)} parts, but MIDI has only {len(CHANNELS)} channels for them")
         events, going_on, continued = [], set(), set()

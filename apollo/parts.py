@@ -31,6 +31,7 @@ is playable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -292,6 +293,7 @@ def arrange(
     instrument: int | str | None = None,
     ensemble: str | None = None,
     line: Line | None = None,
+    moves: Sequence[int] | None = None,
 ) -> Arrangement:
     """Parts for real players from a texture (see the module doc).
 
@@ -299,11 +301,14 @@ def arrange(
     voices in order. With a monophonic ``instrument`` (name, alias or program), its one line: the
     top voice, or the bottom voice for a bass instrument (:data:`BASS_LINE`); ``line`` chooses.
     With a polyphonic one (piano when neither is given), the whole texture, or the ``line`` asked
-    for. Raises ApolloError for an unknown name or for an instrument and an ensemble together.
+    for. ``moves`` gives each part's octave move instead of choosing it (an earlier arrangement's
+    ``[part.move for part in parts]``), so that music arranged piece by piece keeps each part in one
+    register; notes outside a range are folded in as always. Raises ApolloError for an unknown name
+    or for an instrument and an ensemble together.
     """
     check_choice(instrument, ensemble, line)
     if ensemble is not None:
-        return _arrange_ensemble(roll, ensemble)
+        return _arrange_ensemble(roll, ensemble, moves)
 
     program = instrument_program(0 if instrument is None else instrument)
     name, playable = instrument_name(program), PLAYABLE[program]
@@ -318,7 +323,7 @@ def arrange(
         why = "plays one note at a time" if playable.monophonic else "was asked for one line"
         said = [f"{name} {why}: wrote the {line} voice, {(owner == 0).sum()} of {len(pitch)} notes"]
     part = _fit(name, program, playable.low, playable.high, line is not None or playable.monophonic,
-                pitch[owner == 0], start[owner == 0], end[owner == 0], roll)
+                pitch[owner == 0], start[owner == 0], end[owner == 0], roll, moves[0] if moves else None)
     return Arrangement([part], int((owner < 0).sum()), "; ".join(said + _fit_words([part])))
 
 
@@ -336,16 +341,16 @@ def check_choice(instrument: int | str | None, ensemble: str | None, line: str |
         instrument_program(instrument)
 
 
-def _arrange_ensemble(roll: PianoRoll, ensemble: str) -> Arrangement:
+def _arrange_ensemble(roll: PianoRoll, ensemble: str, moves: Sequence[int] | None = None) -> Arrangement:
     _, specs = find_ensemble(ensemble)
     pitch, start, end = roll.notes()
     n = sum(spec.n_voices for spec in specs)
     owner, end = _split(pitch, start, end, n)
     parts, first = [], 0
-    for spec in specs:  # each part takes the next voices down
+    for k, spec in enumerate(specs):  # each part takes the next voices down
         mine = (owner >= first) & (owner < first + spec.n_voices)
         parts.append(_fit(spec.name, spec.program, spec.low, spec.high, spec.monophonic,
-                          pitch[mine], start[mine], end[mine], roll))
+                          pitch[mine], start[mine], end[mine], roll, moves[k] if moves else None))
         first += spec.n_voices
     left_out = int((owner < 0).sum())
     said = [f"{left_out} of {len(pitch)} notes left out where more than {n} started together"] if left_out else []
@@ -356,7 +361,7 @@ STRAY_SHARE = 0.05  # up to this share of a part's notes may lie outside its ran
 
 
 def _fit(name: str, program: int, low: int, high: int, monophonic: bool, pitch: np.ndarray, start: np.ndarray,
-         end: np.ndarray, roll: PianoRoll) -> Part:
+         end: np.ndarray, roll: PianoRoll, move: int | None = None) -> Part:
     """A part from its notes: moved by the octaves that fit its range best, the rest folded in.
 
     A few strays (up to STRAY_SHARE of the notes) do not move a part: a violin line around C5
@@ -370,7 +375,8 @@ def _fit(name: str, program: int, low: int, high: int, monophonic: bool, pitch: 
     centre = float(np.median(pitch)) if len(pitch) else middle
     # Fewest notes outside beyond the strays; then no move, else the smallest; then the part's
     # middle nearest the range's.
-    move = min(range(-48, 49, 12), key=lambda m: (max(0, outside(m) - strays), abs(m), abs(centre + m - middle)))
+    if move is None:
+        move = min(range(-48, 49, 12), key=lambda m: (max(0, outside(m) - strays), abs(m), abs(centre + m - middle)))
     grid = Grid(low, high - low + 1, roll.grid.steps_per_beat)
     folded = outside(move)
     pitch, _ = fold_pitches(pitch + move, grid)

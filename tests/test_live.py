@@ -117,6 +117,19 @@ def test_ensemble_stream_has_no_hanging_notes(model):
     assert len(notes) > 50
 
 
+def test_ensemble_parts_keep_the_first_hops_octave_and_their_ranges(model):
+    from apollo.parts import find_ensemble
+
+    generator, spec = model
+    stream = Stream(generator, spec, seed=4, ensemble="string quartet", bars=48)
+    events = [e for hop in stream for e in hop]
+    assert stream.moves is not None and len(stream.moves) == 4
+    _, parts = find_ensemble("string quartet")
+    for channel, part in zip(range(4), parts):
+        pitches = [e.message.note for e in events if e.message.type == "note_on" and e.message.channel == channel]
+        assert pitches and part.low <= min(pitches) and max(pitches) <= part.high
+
+
 def test_a_moved_hop_keeps_a_held_note_held():
     from apollo.live import _transpose
     from apollo.roll import HELD, ONSET, Grid

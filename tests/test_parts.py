@@ -186,6 +186,15 @@ def test_a_part_moves_by_whole_octaves_only_for_more_than_a_few_strays():
     assert part.move == 0 and part.folded == 1 and 65 in part.roll.notes()[0]
 
 
+def test_given_moves_are_kept_and_the_notes_still_fit():
+    low_line = roll_of([(40 + i, 2 * i, 2 * i + 2) for i in range(12)])  # alone it would move up two octaves
+    part = arrange(low_line, instrument="violin", moves=[12]).parts[0]
+    pitch = part.roll.notes()[0]
+    assert part.move == 12 and part.folded > 0 and pitch.min() >= part.low and pitch.max() <= part.high
+    quartet = arrange(low_line, ensemble="string quartet", moves=[0, 0, 0, -12])
+    assert [p.move for p in quartet.parts] == [0, 0, 0, -12]
+
+
 def test_ensemble_names_are_matched_forgivingly_and_unknown_ones_name_the_known():
     assert find_ensemble("String-Quartet")[0] == "string quartet"
     assert find_ensemble("SATB")[0] == "choir" and find_ensemble("sax quartet")[0] == "saxophone quartet"
