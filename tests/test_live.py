@@ -54,6 +54,18 @@ def notes_from(messages):
     return notes
 
 
+def event_notes(events):
+    """(pitch, start step, end step) of the notes a list of events plays (one channel)."""
+    notes, sounding = [], {}
+    for event in events:
+        if event.message.type == "note_on":
+            sounding[event.message.note] = event.step
+        else:
+            notes.append((event.message.note, sounding.pop(event.message.note), event.step))
+    assert not sounding
+    return notes
+
+
 # -- the endless piece -----------------------------------------------------------------------------
 
 
@@ -95,13 +107,7 @@ def test_stream_plays_the_texture_unbroken_across_hops(model):
     bars = 40
     events = [e for hop in Stream(generator, spec, seed=3, bars=bars) for e in hop]
     texture = PianoRoll.concatenate(take(endless_rolls(generator, spec, seed=3), 6)).slice(0, bars * 16)
-    played, sounding = [], {}
-    for event in events:
-        if event.message.type == "note_on":
-            sounding[event.message.note] = event.step
-        else:
-            played.append((event.message.note, sounding.pop(event.message.note), event.step))
-    assert not sounding
+    played = event_notes(events)
     pitch, start, end = texture.notes()
     assert sorted(played) == sorted(zip(pitch.tolist(), start.tolist(), end.tolist()))
     assert [e.step for e in events] == sorted(e.step for e in events)
@@ -175,12 +181,7 @@ def test_player_keeps_time_and_records(model, tmp_path):
     measured = np.array([t - t0 - e.step * stream.seconds_per_step for (t, _), e in zip(played, expected)])
     assert np.abs(measured - lateness).max() < 0.005  # the port saw what the player reports
     # The recording holds what was played.
-    notes, sounding = [], {}
-    for e in expected:
-        if e.message.type == "note_on":
-            sounding[e.message.note] = e.step
-        else:
-            notes.append((e.message.note, sounding.pop(e.message.note), e.step))
+    notes = event_notes(expected)
     written = read_notes(tmp_path / "played.mid")
     assert sorted(notes) == sorted(zip(written.pitch.tolist(), written.start.tolist(), written.end.tolist()))
     assert written.tempo == pytest.approx(FAST, rel=1e-3)
