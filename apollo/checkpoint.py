@@ -20,6 +20,7 @@ from apollo import __version__
 from apollo.errors import ApolloError
 from apollo.io import atomic_path
 from apollo.model import Generator, ModelConfig
+from apollo.sequence import SequenceConfig, SequenceModel
 
 __all__ = [
     "save_checkpoint",
@@ -28,7 +29,26 @@ __all__ = [
     "load_generator",
     "latest_checkpoint",
     "run_checkpoint",
+    "family_of",
+    "read_model_config",
+    "build_generator",
 ]
+
+
+def family_of(model_config: dict) -> str:
+    """The model family a saved model config describes ("dcgan" where it does not say: it predates the others)."""
+    return model_config.get("family", "dcgan")
+
+
+def read_model_config(model_config: dict):
+    """A saved model config as its dataclass: :class:`~apollo.model.ModelConfig` for the DCGAN,
+    :class:`~apollo.sequence.SequenceConfig` for the sequence families."""
+    return ModelConfig(**model_config) if family_of(model_config) == "dcgan" else SequenceConfig(**model_config)
+
+
+def build_generator(config) -> torch.nn.Module:
+    """The network that generates, for a model config of any family, with fresh weights."""
+    return SequenceModel(config) if isinstance(config, SequenceConfig) else Generator(config)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -66,8 +86,9 @@ def save_generator(path: str | Path, generator: Generator, meta: dict) -> None:
         save_file(tensors, str(tmp), metadata={"apollo": json.dumps(meta)})
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
-    """A generator in eval mode and its metadata, from a training checkpoint or a safetensors export.
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A generator in eval mode and its metadata, from a training checkpoint or a safetensors export:
+    the DCGAN's :class:`~apollo.model.Generator` or a :class:`~apollo.sequence.SequenceModel`.
 
     The metadata holds at least ``model_config`` and ``dataset_config`` (the grid, encoding and
     chunk length the generator was trained on), and ``key_moves`` for a model trained in one key
@@ -95,7 +116,10 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
                 if k.endswith("_config") or k in ("step", "apollo_version", "key_moves", "provenance")}
     if "model_config" not in meta:
         raise ApolloError(f"{path}: not an Apollo model (no model_config)")
-    generator = Generator(ModelConfig(**meta["model_config"]))
+    try:
+        generator = build_generator(read_model_config(meta["model_config"]))
+    except (TypeError, ValueError) as error:
+        raise ApolloError(f"{path}: its model config is not usable ({error})") from None
     try:
         generator.load_state_dict(weights)
     except RuntimeError as error:

@@ -141,7 +141,7 @@ class Composer:
              runs_root: str | Path = "runs", **options) -> Composer:
         """The model chosen as ``apollo generate`` chooses it (:func:`apollo.generate.find_model`)."""
         choice = find_model(checkpoint, run, runs_root)
-        generator, spec = load_model(choice)
+        generator, spec = load_model(choice, dcgan_only="apollo continue, vary, infill and harmonize")
         return cls(generator, spec, choice, **options)
 
     @property

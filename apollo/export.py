@@ -31,6 +31,7 @@ from apollo.generate import (
     ModelChoice,
     ModelSpec,
     find_model,
+    load_model,
 )
 from apollo.io import atomic_path
 
@@ -125,6 +126,7 @@ def export_onnx(
 
     from apollo.checkpoint import load_generator
 
+    load_model(choice, dcgan_only="apollo export --onnx")
     generator, meta = load_generator(choice.path)  # as load_model, keeping the metadata
     spec = ModelSpec.from_meta(meta)
     provenance = {

@@ -20,6 +20,11 @@ every 16-bar stretch of a long piece is an ordinary sample of the model (its noi
 as in training). The default generator normalizes each sample as a whole (layer norm), so two
 overlapping windows differ slightly; the cross-fade then carries one into the other without a jump. The tape is drawn column
 by column, so a longer piece starts with the shorter piece of the same seed.
+
+A sequence model (``apollo train --model lstm|gru|transformer``; :mod:`apollo.sequence`) needs no
+chaining: it writes one time step after another and simply runs on, drawing its cells at a
+``temperature`` instead of thresholding probabilities. The rest of the path (decoding's shortest
+note, the ending, the key, the arrangement, the files) is the same for every family.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ __all__ = [
     "ModelChoice",
     "ModelSpec",
     "export_model",
+    "family",
     "hold_last_chord",
     "find_model",
     "generate",
@@ -67,6 +73,7 @@ __all__ = [
     "noise_tape",
     "numbered_paths",
     "sample_probabilities",
+    "sample_cells",
     "write_midi",
     "write_piece",
 ]
@@ -146,6 +153,7 @@ class ModelSpec:
     tempo: float
     key_moves: tuple[int, ...] | None = None  # trained in one key: how the corpus's chunks were moved there
     decoding: Decoding = field(default_factory=Decoding)  # how its probabilities become notes (apollo.decoding)
+    temperature: float = 1.0  # a sequence model's sampling temperature (the DCGAN has none)
 
     @property
     def steps_per_bar(self) -> int:
@@ -168,7 +176,7 @@ class ModelSpec:
         except (TypeError, ValueError) as error:
             raise ApolloError(f"the model's saved decoding is not valid: {error}") from None
         return cls(grid, encoding, int(data.get("n_steps") or model.get("n_steps", 256)), tempo,
-                   tuple(moves) if moves else None, decoding)
+                   tuple(moves) if moves else None, decoding, float(meta.get("temperature") or 1.0))
 
 
 def key_move(spec: ModelSpec, seed: int) -> int:
@@ -177,11 +185,21 @@ def key_move(spec: ModelSpec, seed: int) -> int:
     return draw_move(spec.key_moves, np.random.default_rng(seed)) if spec.key_moves else 0
 
 
-def load_model(choice: ModelChoice) -> tuple[Generator, ModelSpec]:
-    """The generator (CPU, eval mode) and its spec. Never runs code stored in the file."""
+def family(model) -> str:
+    """A loaded model's family: "dcgan", "lstm", "gru" or "transformer"."""
+    return getattr(model.config, "family", "dcgan")
+
+
+def load_model(choice: ModelChoice, dcgan_only: str | None = None) -> tuple[Generator, ModelSpec]:
+    """The generator (CPU, eval mode) of any family, and its spec. Never runs code stored in the file.
+    ``dcgan_only`` names a command that needs the DCGAN's noise (inversion, chaining, ONNX): any
+    other family is refused with one line."""
     from apollo.checkpoint import load_generator
 
     generator, meta = load_generator(choice.path)
+    if dcgan_only is not None and family(generator) != "dcgan":
+        raise ApolloError(f"{choice.path}: {dcgan_only} needs a DCGAN, and this model is a "
+                          f"{family(generator)} (apollo generate works with every family)")
     return generator, ModelSpec.from_meta(meta)
 
 
@@ -256,6 +274,17 @@ def sample_probabilities(generator: Generator, n_steps: int, seed: int) -> np.nd
     for k, p in enumerate(probs):
         out[..., k * hop : k * hop + window] += p * chain.weight(first=k == 0, last=k == n_windows - 1)
     return out[..., :n_steps]
+
+
+def sample_cells(generator, n_steps: int, seed: int, temperature: float = 1.0) -> np.ndarray:
+    """What a model of any family writes for one piece of ``n_steps`` steps from ``seed``, as
+    ``[channels, n_pitches, n_steps]`` for :meth:`Decoding.decode`: the DCGAN's chained probabilities
+    (:func:`sample_probabilities`), a sequence model's cells drawn at ``temperature``."""
+    if family(generator) == "dcgan":
+        return sample_probabilities(generator, n_steps, seed)
+    from apollo.sequence import sample_piece
+
+    return sample_piece(generator, n_steps, seed, temperature).numpy()
 
 
 def hold_last_chord(roll: PianoRoll, bar_steps: int) -> PianoRoll:
@@ -363,6 +392,14 @@ class GenerateResult:
     tempo: float
     decoding: Decoding
     pieces: list[GeneratedPiece] = field(default_factory=list)
+    family: str = "dcgan"
+    temperature: float | None = None  # a sequence model's; None for the DCGAN
+
+    def describe_decoding(self) -> str:
+        """How the cells became notes, in words."""
+        if self.family == "dcgan":
+            return f"decoding: {self.decoding}"
+        return f"{self.family} drawing at temperature {self.temperature:g}, min length {self.decoding.min_length}"
 
 
 def generate(
@@ -381,6 +418,7 @@ def generate(
     threshold: float | None = None,
     onset_threshold: float | None = None,
     min_length: int | None = None,
+    temperature: float | None = None,
     transpose: int | None = None,
     wav: bool = False,
     png: bool = False,
@@ -399,7 +437,8 @@ def generate(
     "bottom"). The MIDI carries the programs and the tempo.
     ``threshold``, ``onset_threshold`` and ``min_length`` decode the model's probabilities
     (:class:`~apollo.decoding.Decoding`); each one left out is the model's own (its saved decoding,
-    else the defaults). ``ending`` is how a piece stops where it was asked to: ``"hold"`` holds the
+    else the defaults). A sequence model has no probabilities to threshold: it draws its cells at
+    ``temperature`` (default its own, else 1; lower is safer, higher wilder). ``ending`` is how a piece stops where it was asked to: ``"hold"`` holds the
     chord of its last bar's first beat to the end (:func:`hold_last_chord`), ``"none"`` cuts the
     music at the bar line as the model made it.
     ``wav`` renders each piece beside its MIDI file exactly as ``apollo render`` does; ``png``
@@ -413,6 +452,8 @@ def generate(
     for flag, value in (("--threshold", threshold), ("--onset-threshold", onset_threshold)):
         if value is not None and not 0 < value < 1:
             raise ApolloError(f"{flag} must lie strictly between 0 and 1, got {value}")
+    if temperature is not None and temperature <= 0:
+        raise ApolloError(f"--temperature must be above 0, got {temperature}")
     if min_length is not None and min_length < 1:
         raise ApolloError(f"--min-length must be at least 1 step, got {min_length}")
     if bars is not None and bars < 1:
@@ -426,6 +467,13 @@ def generate(
         raise ApolloError(f"{out}: the output should be a .mid file")
     choice = find_model(checkpoint, run, runs_root)
     generator, spec = load_model(choice)
+    if family(generator) == "dcgan" and temperature is not None:
+        raise ApolloError(f"{choice.path}: --temperature is for the sequence families; the DCGAN's cells "
+                          "are decoded with --threshold")
+    if family(generator) != "dcgan" and (threshold is not None or onset_threshold is not None):
+        raise ApolloError(f"{choice.path}: this {family(generator)} draws its cells, so there is no threshold; "
+                          "use --temperature")
+    temperature = spec.temperature if temperature is None else temperature
     seed = secrets.randbelow(1_000_000) if seed is None else seed
     tempo = spec.tempo if tempo is None else tempo
     bars = bars or max(1, spec.n_steps // spec.steps_per_bar)
@@ -433,10 +481,11 @@ def generate(
     given = {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length}
     decoding = replace(spec.decoding, **{k: v for k, v in given.items() if v is not None})
 
-    result = GenerateResult(choice, seed, tempo, decoding)
+    result = GenerateResult(choice, seed, tempo, decoding, family=family(generator),
+                            temperature=None if family(generator) == "dcgan" else temperature)
     for i, midi_path in enumerate(numbered_paths(out, n)):
-        probs = sample_probabilities(generator, n_steps, seed + i)
-        roll = decoding.decode(probs, spec.encoding, spec.grid, tempo)
+        cells = sample_cells(generator, n_steps, seed + i, temperature)
+        roll = decoding.decode(cells, spec.encoding, spec.grid, tempo)
         if ending == "hold":
             roll = hold_last_chord(roll, spec.steps_per_bar)
         move = key_move(spec, seed + i) if transpose is None else transpose

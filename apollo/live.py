@@ -427,7 +427,7 @@ def play(port: str | mido.ports.BaseOutput | None = None, *, checkpoint: str | P
     output = port if isinstance(port, mido.ports.BaseOutput) else open_port(port)
     try:
         choice = find_model(checkpoint, run, runs_root)
-        generator, spec = load_model(choice)
+        generator, spec = load_model(choice, dcgan_only="apollo play")
         seed = secrets.randbelow(1_000_000) if seed is None else seed
         stream = Stream(generator, spec, seed=seed, tempo=tempo, instrument=instrument, ensemble=ensemble,
                         line=line, transpose=key_move(spec, seed), bars=bars)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apollo.checkpoint import load_checkpoint
+from apollo.checkpoint import family_of, load_checkpoint
 from apollo.errors import ApolloError
 from apollo.image import roll_image, save_png
 from apollo.io import append_jsonl
@@ -32,8 +32,8 @@ from apollo.roll import PianoRoll
 __all__ = ["new_run_dir", "find_run", "read_training_checkpoint", "migrate_train_config", "source_commit",
            "RunLog", "generate_rolls", "write_samples", "evaluate"]
 
-CHECKPOINT_KEYS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "model_config",
-                   "train_config", "dataset_config", "step")
+CHECKPOINT_KEYS = ("generator", "g_optimizer", "model_config", "train_config", "dataset_config", "step")
+GAN_KEYS = ("discriminator", "d_optimizer")  # what a DCGAN's checkpoint holds beside them
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "chroma": False,
@@ -92,7 +92,8 @@ def source_commit() -> str | None:
 def read_training_checkpoint(path: Path) -> dict:
     """A training checkpoint, checked for the keys resuming needs (loading never runs its code)."""
     state = load_checkpoint(path)
-    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    needed = CHECKPOINT_KEYS + (GAN_KEYS if family_of(state.get("model_config") or {}) == "dcgan" else ())
+    missing = [key for key in needed if key not in state]
     if missing:
         raise ApolloError(f"{path}: not an Apollo training checkpoint (missing {', '.join(missing)})")
     return state
@@ -141,15 +142,15 @@ class RunLog:
             if value is not None and key != "time":
                 self.writer.add_scalar(prefix + key, value, step)
 
-    def training(self, step: int, seconds: float, names: tuple[str, ...], means, grad_norms,
-                 samples_per_s: float, penalty: bool) -> dict:
-        """The metrics line of a stretch of training steps: their mean losses, D(real), D(fake), the
-        penalty (where the loss has one) and each term; the last step's gradient norms; the speed."""
+    def training(self, step: int, seconds: float, names: tuple[str, ...], means, norm_names: tuple[str, ...],
+                 grad_norms, samples_per_s: float, penalty: bool) -> dict:
+        """The metrics line of a stretch of training steps: their mean losses (a DCGAN's: D(real),
+        D(fake), the penalty where the loss has one, and each term), the last step's gradient norms,
+        the speed."""
         record = dict(zip(names, means.tolist()))
         if not penalty:
-            del record["penalty"]
-        d_norm, g_norm = grad_norms.tolist()
-        record = {"time": round(seconds, 2), **record, "d_grad_norm": d_norm, "g_grad_norm": g_norm,
+            record.pop("penalty", None)
+        record = {"time": round(seconds, 2), **record, **dict(zip(norm_names, grad_norms.tolist())),
                   "samples_per_s": samples_per_s}
         self.scalars(step, record)
         return record

@@ -1,9 +1,11 @@
-"""One training step of the DCGAN: the discriminator's updates, then the generator's.
+"""One training step: the DCGAN's (the discriminator's updates, then the generator's), or a sequence
+model's (one update on the likelihood of real rolls).
 
-:class:`TrainingStep` is the whole algorithm of a step, and the only copy of it: ``apollo train``
-(:func:`apollo.train.train`) calls it in its loop and bench/train.py times it. Everything random in
-a step comes from a generator reseeded from (seed, rank, step), so a step is a pure function of the
-weights, the optimizers' state and the step number: that is what makes resuming exact.
+:class:`TrainingStep` and :class:`SequenceStep` are the whole algorithm of a step, and the only
+copies of it: ``apollo train`` (:func:`apollo.train.train`) calls one of them in its loop and
+bench/train.py times it. Everything random in a step comes from generators reseeded from (seed,
+rank, step), so a step is a pure function of the weights, the optimizers' state and the step
+number: that is what makes resuming exact.
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ from apollo.losses import (R1_EVERY, as_judged, discriminator_loss, generator_lo
                            shift_randomly)
 from apollo.terms import TERMS, Batch
 
-__all__ = ["Networks", "TrainingStep", "update_ema", "grad_norm"]
+__all__ = ["Networks", "TrainingStep", "SequenceNetworks", "SequenceStep", "update_ema", "grad_norm"]
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake", "penalty")  # what every step reports, then its terms
+CLIP = 1.0  # a sequence model's gradient norm is clipped to this: recurrent nets' gradients can explode
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of everything random in one step of one process."""
+    return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % 2**63
 
 
 @torch.no_grad()
@@ -67,6 +75,10 @@ class Networks:
                 **({"generator_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}),
                 "g_optimizer": self.g_opt.state_dict(), "d_optimizer": self.d_opt.state_dict()}
 
+    def train(self) -> None:
+        self.G.train()
+        self.D.train()
+
 
 class TrainingStep:
     """``step(i, real_batch)`` trains step ``i``: ``n_critic`` discriminator updates on real batches
@@ -87,11 +99,18 @@ class TrainingStep:
         self.encoding, self.steps_per_beat, self.device, self.rank = encoding, steps_per_beat, device, rank
         self.terms = [(TERMS[name], weight) for name, weight in config.terms.items()]
         self.names = (*STATS, *(term.name for term, _ in self.terms))
+        self.norm_names = ("d_grad_norm", "g_grad_norm")
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         self.layout = torch.channels_last if config.channels_last else torch.contiguous_format
         self.rng = torch.Generator(device)
         self.noise_shape = self.G_plain.config.noise_shape
         self.grad_norms = torch.zeros(2, device=device)  # D's and G's, measured when asked
+
+    @staticmethod
+    def postfix(means: dict) -> dict:
+        """What the progress bar shows of a stretch of steps."""
+        return {"d": f"{means['d_loss']:.3f}", "g": f"{means['g_loss']:.3f}", "real": f"{means['d_real']:.2f}",
+                "fake": f"{means['d_fake']:.2f}"}
 
     def seen_by_d(self, rolls: torch.Tensor) -> torch.Tensor:
         """What the discriminator is shown: real or fake rolls alike, moved at random in pitch and in
@@ -109,7 +128,7 @@ class TrainingStep:
     def __call__(self, step: int, real_batch: Callable[[int], torch.Tensor], measure_norms: bool = False) -> torch.Tensor:
         config, kind, layout, autocast = self.config, self.config.loss, self.layout, self.autocast
         n_critic = config.n_critic
-        self.rng.manual_seed(((config.seed * 1_000_003 + self.rank) * 1_000_000_007 + step) % 2**63)
+        self.rng.manual_seed(step_seed(config.seed, self.rank, step))
 
         # Discriminator: n_critic updates, each on a fresh real batch against fresh fakes.
         for k in range(n_critic):
@@ -169,3 +188,69 @@ class TrainingStep:
         return torch.stack([d_loss.detach(), g_loss.detach(), as_prob(real_scores.detach()).mean(),
                             as_prob(fake_scores.detach()).mean(), penalty.detach(),
                             *(value.detach() for value in terms)])
+
+
+@dataclass
+class SequenceNetworks:
+    """What training updates for a sequence model: the model, its optimizer, and the moving average
+    of its weights (or None). The checkpoint calls the model "generator", as it is what generates."""
+
+    G: nn.Module
+    g_opt: torch.optim.Optimizer
+    G_ema: nn.Module | None = None
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.G
+
+    @property
+    def sampler(self) -> nn.Module:
+        return self.G_ema if self.G_ema is not None else self.generator
+
+    def state(self) -> dict:
+        return {"generator": self.generator.state_dict(), "g_optimizer": self.g_opt.state_dict(),
+                **({"generator_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})}
+
+    def train(self) -> None:
+        self.G.train()
+
+
+class SequenceStep:
+    """``step(i, real_batch)`` trains a sequence model (:mod:`apollo.sequence`) on real batch ``i``:
+    the negative log-likelihood of every cell given the steps before it (teacher forcing), one
+    clipped Adam update, then the moving average. Dropout draws from torch's global generator,
+    reseeded from (seed, rank, step) as the DCGAN's step reseeds its own. Under torchrun the
+    gradients are averaged over the processes before the update."""
+
+    names = ("nll",)  # nats per time step
+    norm_names = ("grad_norm",)
+
+    def __init__(self, config, networks: SequenceNetworks, *, device: torch.device, rank: int = 0) -> None:
+        self.config, self.networks, self.device, self.rank = config, networks, device, rank
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        self.grad_norms = torch.zeros(1, device=device)
+
+    @staticmethod
+    def postfix(means: dict) -> dict:
+        return {"nll": f"{means['nll']:.2f}"}
+
+    def __call__(self, step: int, real_batch: Callable[[int], torch.Tensor], measure_norms: bool = False) -> torch.Tensor:
+        networks = self.networks
+        torch.manual_seed(step_seed(self.config.seed, self.rank, step))
+        real = real_batch(step)
+        with self.autocast:
+            loss = networks.G.loss(real)
+        networks.g_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for parameter in networks.G.parameters():  # SUM, then divide: gloo has no AVG
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= torch.distributed.get_world_size()
+        norm = nn.utils.clip_grad_norm_(networks.generator.parameters(), CLIP)
+        if measure_norms:
+            self.grad_norms[0] = norm
+        networks.g_opt.step()
+        if networks.G_ema is not None:
+            done = step + 1
+            update_ema(networks.G_ema, networks.generator, min(self.config.ema, done / (done + 10)))
+        return loss.detach()[None]

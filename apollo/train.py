@@ -1,8 +1,9 @@
-"""Training the DCGAN: one plain loop, one folder per run, exact resume.
+"""Training a model of any family: one plain loop, one folder per run, exact resume.
 
 :func:`train` reads top to bottom: settle the settings (fresh, fine-tuned or resumed), load the
-packed dataset, build the two networks, then loop over :class:`~apollo.step.TrainingStep` (the
-discriminator's update, then the generator's) and every so often log, write samples, evaluate and
+packed dataset, build the networks, then loop over the family's step (the DCGAN's
+:class:`~apollo.step.TrainingStep`: the discriminator's update, then the generator's; a sequence
+model's :class:`~apollo.step.SequenceStep`) and every so often log, write samples, evaluate and
 save a checkpoint. There is no Trainer class and no callback: to change what happens in a step,
 change the step. The run folder's layout is in :mod:`apollo.runs`.
 
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from apollo import distributed
-from apollo.checkpoint import latest_checkpoint, save_checkpoint
+from apollo.checkpoint import latest_checkpoint, read_model_config, save_checkpoint
 from apollo.dataset import Batches, DatasetConfig, RollDataset, find_latest_dataset
 from apollo.device import DEVICES, PRECISIONS, choose_precision, resolve_device, use_fast_kernels
 from apollo.errors import ApolloError
@@ -40,14 +41,15 @@ from apollo.model import PRESETS, Discriminator, Generator, ModelConfig
 from apollo.roll import ENCODINGS
 from apollo.runs import (RunLog, evaluate, find_run, generate_rolls, migrate_train_config, new_run_dir,
                          read_training_checkpoint, source_commit, write_samples)
-from apollo.step import Networks, TrainingStep
+from apollo.sequence import FAMILIES, SEQUENCE_PRESETS, SequenceConfig, SequenceModel
+from apollo.step import Networks, SequenceNetworks, SequenceStep, TrainingStep
 from apollo.terms import check_terms, outdated, versions
 
 __all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_checkpoint", "resolve_device"]
 
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 # Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
-MODEL_SHAPING = ("preset", "loss", "chroma", "rhythm", "refine", "style", "pitch_bias")
+MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "refine", "style", "pitch_bias")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,10 @@ class TrainConfig:
     """How to train. Saved in config.json and every checkpoint; "auto" and ``None`` mean "choose for
     the device", and the saved config holds the choice."""
 
+    model: str = "dcgan"  # the model family: "dcgan", "lstm", "gru" or "transformer" (apollo.sequence)
     preset: str = "auto"  # model size: "apollo", "small", or "auto" (small on CPU, apollo on CUDA)
+    # A sequence family learns by likelihood: of the settings below it uses batch_size, lr, betas,
+    # ema, seed and those after pitch_bias; the others shape the DCGAN's game.
     loss: str = "bce"  # "bce" (non-saturating), "wgan-gp" or "hinge"
     steps: int | None = None  # generator updates in all (kept on resume); neither this nor minutes: 20 min
     minutes: float | None = None  # wall-clock budget of this session; with steps, whichever ends first
@@ -103,6 +108,8 @@ class TrainConfig:
     best_max_silence: float = 0.01
 
     def __post_init__(self) -> None:
+        if self.model not in FAMILIES:
+            raise ValueError(f"model must be one of {', '.join(FAMILIES)}, got {self.model!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.preset not in (*PRESETS, "auto"):
@@ -130,17 +137,23 @@ def settle(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, str]
     precision, why = choose_precision(config.precision, device)
     return dataclasses.replace(
         config,
+        terms=config.terms if config.model == "dcgan" else {},  # the DCGAN's terms: nothing to a sequence model
         minutes=DEFAULT_MINUTES if config.steps is None and config.minutes is None else config.minutes,
         preset=("apollo" if device.type == "cuda" else "small") if config.preset == "auto" else config.preset,
-        n_critic=(5 if config.loss == "wgan-gp" else 1) if config.n_critic is None else config.n_critic,
+        n_critic=(5 if config.loss == "wgan-gp" and config.model == "dcgan" else 1) if config.n_critic is None
+        else config.n_critic,
         precision=precision,
         # NHWC is faster on both in every precision (bench/train.py); MPS: unmeasured.
         channels_last=device.type in ("cuda", "cpu") if config.channels_last is None else config.channels_last,
     ), why
 
 
-def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig:
-    """The preset, shaped for the dataset's rolls, with a discriminator norm that suits the loss."""
+def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig | SequenceConfig:
+    """The preset, shaped for the dataset's rolls; for the DCGAN, with a discriminator norm that suits the loss."""
+    if config.model != "dcgan":
+        return SequenceConfig(family=config.model, **SEQUENCE_PRESETS[config.preset][config.model],
+                              n_pitches=dataset.config.grid.n_pitches, n_steps=dataset.config.n_steps,
+                              roll_channels=ENCODINGS[dataset.config.encoding])
     # WGAN-GP penalizes the critic's gradient per example, so its critic must not use batch norm,
     # and spectral norm would fight the penalty; it gets layer norm, as in the WGAN-GP paper.
     norm = "layer" if config.loss == "wgan-gp" else PRESETS[config.preset].discriminator_norm
@@ -238,6 +251,30 @@ def build_networks(config: TrainConfig, model_config: ModelConfig, state: dict |
     return Networks(G, D, g_opt, d_opt, G_ema)
 
 
+def build_sequence_networks(config: TrainConfig, model_config: SequenceConfig, state: dict | None,
+                            world: distributed.World) -> SequenceNetworks:
+    """A sequence model, its optimizer and its moving average, from ``state`` when there is one.
+    Under torchrun the step averages the gradients itself (no DistributedDataParallel wrapper: the
+    model's forward samples, and training calls its loss)."""
+    torch.manual_seed(config.seed)  # the same weights on every process
+    model = SequenceModel(model_config).to(world.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    if state is not None:
+        try:
+            model.load_state_dict(state["generator"])
+            optimizer.load_state_dict(state["g_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ApolloError(f"the checkpoint does not fit its model config ({str(error)[:200]})") from None
+        for group in optimizer.param_groups:
+            group.update(lr=config.lr, betas=config.betas)
+        if isinstance(state.get("torch_rng"), torch.Tensor):
+            torch.set_rng_state(state["torch_rng"])
+    average = copy.deepcopy(model).requires_grad_(False) if config.ema else None
+    if average is not None and state is not None and "generator_ema" in state:
+        average.load_state_dict(state["generator_ema"])
+    return SequenceNetworks(model, optimizer, average)
+
+
 def validation_rolls(data: Path, config: TrainConfig, fallback: RollDataset) -> list:
     """A fixed, seeded choice of up to ``n_reference`` validation rolls (training rolls where there are none)."""
     val_set = RollDataset(data, split="val")
@@ -288,7 +325,7 @@ def train(
     progress: bool = True,
     provenance: dict | None = None,
 ) -> Path:
-    """Train the DCGAN and return the run folder.
+    """Train a model (``config.model``: the DCGAN or a sequence family) and return the run folder.
 
     Parameters
     ----------
@@ -334,11 +371,15 @@ def train(
         raise ApolloError(f"{data} is not the dataset this run was trained on (its config differs)")
     batches = Batches(train_set, config.batch_size, config.seed, world)
 
-    # 3. The two networks, their optimizers and the step that trains them.
-    model_config = ModelConfig(**state["model_config"]) if state else model_config_for(config, train_set)
-    networks = build_networks(config, model_config, state, world)
-    training_step = TrainingStep(config, networks, encoding=train_set.config.encoding,
-                                 steps_per_beat=train_set.config.grid.steps_per_beat, device=device, rank=world.rank)
+    # 3. The networks, their optimizers and the step that trains them.
+    model_config = read_model_config(state["model_config"]) if state else model_config_for(config, train_set)
+    if config.model == "dcgan":
+        networks = build_networks(config, model_config, state, world)
+        training_step = TrainingStep(config, networks, encoding=train_set.config.encoding,
+                                     steps_per_beat=train_set.config.grid.steps_per_beat, device=device, rank=world.rank)
+    else:
+        networks = build_sequence_networks(config, model_config, state, world)
+        training_step = SequenceStep(config, networks, device=device, rank=world.rank)
     step, best = (state["step"], state.get("best_metric")) if state is not None else (0, None)
     fixed_noise = networks.generator.sample_noise(max(config.n_samples, config.n_eval),
                                                   torch.Generator().manual_seed(config.seed + 1)).to(device)
@@ -390,7 +431,9 @@ def train(
     from tqdm import tqdm
 
     if world.main:
-        say(f"Training on {device} in {config.precision} ({why}); --precision fp32|bf16 overrides")
+        size = sum(p.numel() for p in networks.generator.parameters())
+        say(f"Training the {config.model} ({config.preset}, {size / 1e6:.2f} M parameters) on {device} "
+            f"in {config.precision} ({why}); --precision fp32|bf16 overrides")
         for line in outdated(state.get("term_versions", {}), config.terms) if state is not None else ():
             say(f"Note: {line}")
 
@@ -398,8 +441,7 @@ def train(
     sums, n_summed, interval_start = 0.0, 0, time.perf_counter()
     started = last_save = time.monotonic()
     reason = "done"
-    networks.G.train()
-    networks.D.train()
+    networks.train()
     with stop_on_signal() as request:
         while True:
             # Stop between steps only, so that a checkpoint always holds a whole step.
@@ -417,9 +459,9 @@ def train(
             if log_now and world.main:
                 speed = n_summed * config.n_critic * config.batch_size * world.size / (time.perf_counter() - interval_start)
                 means = log.training(step, time.monotonic() - started, training_step.names, sums / n_summed,
-                                     training_step.grad_norms, speed, penalty=config.loss == "wgan-gp" or bool(config.r1))
-                bar.set_postfix(d=f"{means['d_loss']:.3f}", g=f"{means['g_loss']:.3f}", real=f"{means['d_real']:.2f}",
-                                fake=f"{means['d_fake']:.2f}", sps=f"{means['samples_per_s']:.0f}")
+                                     training_step.norm_names, training_step.grad_norms, speed,
+                                     penalty=config.loss == "wgan-gp" or bool(config.r1))
+                bar.set_postfix(**training_step.postfix(means), sps=f"{means['samples_per_s']:.0f}")
             if log_now:
                 sums, n_summed, interval_start = 0.0, 0, time.perf_counter()
             if world.main and config.sample_every and step % config.sample_every == 0:

@@ -150,7 +150,7 @@ def build_page(
     Raises ApolloError with a one-line message.
     """
     from apollo.export import export_onnx
-    from apollo.generate import find_model
+    from apollo.generate import find_model, load_model
     from apollo.instruments import gm_names
     from apollo.render import find_soundfont
 
@@ -158,7 +158,7 @@ def build_page(
     if out.exists() and not out.is_dir():
         raise ApolloError(f"{out}: not a folder")
     # Everything that can fail for want of something is looked for before anything is written.
-    find_model(checkpoint, run, runs_root)
+    load_model(find_model(checkpoint, run, runs_root), dcgan_only="apollo web")
     font = find_soundfont(soundfont)
     vendor = {name: fetch_npm_files(name) for name in NPM_PACKAGES}
     try:

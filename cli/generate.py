@@ -41,6 +41,9 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
               help="A held note is struck again where its onset probability is above this; higher gives "
               f"longer notes. Default: the model's own (the bundled model's: {BUNDLED.effective[1]:g}), "
               "else --threshold.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True),
+              help="Sequence models (lstm, gru, transformer) draw their cells: below 1 safer, above 1 wilder. "
+              "Default: the model's own, else 1. The DCGAN uses --threshold instead.")
 @click.option("--min-length", type=click.IntRange(min=1), metavar="STEPS",
               help="A pitch must sound this many steps in a row; shorter flickers stay silent (1 keeps all). "
               f"Default: the model's own (the bundled model's: {BUNDLED.min_length}), else {DEFAULT.min_length}.")
@@ -53,7 +56,7 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
 def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int | None, ensemble: str | None,
              line: str | None, n: int, seed: int | None,
              bars: int | None, ending: str, tempo: float | None, threshold: float | None, onset_threshold: float | None,
-             min_length: int | None,
+             min_length: int | None, temperature: float | None,
              transpose: int | None, wav: bool, png: bool,
              soundfont: Path | None) -> None:
     """Generate new music as the MIDI file OUT (and a WAV and PNG beside it).
@@ -72,8 +75,8 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
     result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, ensemble=ensemble, line=line,
                              n=n, seed=seed, bars=bars,
                              ending=ending, tempo=tempo, threshold=threshold, onset_threshold=onset_threshold, min_length=min_length,
-                             transpose=transpose, wav=wav, png=png, soundfont=soundfont)
-    click.echo(f"Model: {result.model}; decoding: {result.decoding}")
+                             temperature=temperature, transpose=transpose, wav=wav, png=png, soundfont=soundfont)
+    click.echo(f"Model: {result.model}; {result.describe_decoding()}")
     seeds = f"{result.seed}" if n == 1 else f"{result.seed}..{result.seed + n - 1} (one per piece)"
     click.echo(f"Seed: {seeds}; --seed {result.seed} makes the same files again")
     for piece in result.pieces:

@@ -1,4 +1,4 @@
-"""``apollo train`` and ``apollo recipes``: train the DCGAN (see apollo.train and apollo.recipes)."""
+"""``apollo train`` and ``apollo recipes``: train a model (see apollo.train and apollo.recipes)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from apollo.losses import LOSSES
 from apollo.model import PRESETS
 from apollo.recipes import (configure, find_recipe_run, load_recipe, parse_settings, parse_terms, resume_recipe,
                             run_recipe, shipped_recipes)
+from apollo.sequence import FAMILIES
 from apollo.terms import TERMS
 from apollo.train import TrainConfig, saved_train_config, train as run_training
 
@@ -28,6 +29,7 @@ WITH_RECIPE = ("recipe", "data", "run", "device", "precision", "minutes", "setti
 @click.option("--resume", type=click.Path(path_type=Path), metavar="RUN", help="Continue the run (or recipe run) in this folder, or runs/RUN, where it stopped.")
 @click.option("--from", "start_from", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT", help="Fine-tune: a new run that goes on from this training checkpoint with its settings, changed by the options given here.")
 @click.option("--recipe", metavar="NAME", help="Train as a recipe says: a shipped one (`apollo recipes` lists them) or a .toml file.")
+@click.option("--model", default=TrainConfig.model, show_default=True, type=click.Choice(FAMILIES), help="Model family: the DCGAN, or a sequence model that writes one time step after another.")
 @click.option("--preset", default="auto", show_default=True, type=click.Choice([*PRESETS, "auto"]), help="Model size; auto: small on CPU, apollo on a GPU.")
 @click.option("--loss", default=TrainConfig.loss, show_default=True, type=click.Choice(LOSSES), help="GAN loss.")
 @click.option("--steps", type=click.IntRange(min=0), help="Train until this many generator updates in all.")
@@ -42,10 +44,10 @@ WITH_RECIPE = ("recipe", "data", "run", "device", "precision", "minutes", "setti
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.pass_context
 def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path | None, start_from: Path | None,
-          recipe: str | None, preset: str, loss: str, steps: int | None, minutes: float | None, batch_size: int,
+          recipe: str | None, model: str, preset: str, loss: str, steps: int | None, minutes: float | None, batch_size: int,
           lr: float, device: str, precision: str, seed: int, terms: tuple[str, ...], settings: tuple[str, ...],
           progress: bool) -> None:
-    """Train the DCGAN on a preprocessed dataset.
+    """Train the DCGAN (or, with --model, an LSTM, GRU or Transformer) on a preprocessed dataset.
 
     A run folder gets the config, metrics (metrics.jsonl and TensorBoard), checkpoints (last.pt,
     best.pt) and sample MIDI files with piano-roll PNGs. Ctrl-C stops after the current step and
@@ -55,6 +57,7 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
     \b
     Example:
       apollo train --minutes 20
+      apollo train --model transformer --minutes 20
       apollo train --recipe bundled
       apollo train --resume runs/20260101-120000 --steps 20000
       apollo train --from runs/20260101-120000/checkpoints/best.pt --term texture=2 --minutes 30
