@@ -24,10 +24,13 @@ def chorale_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_preset(monkeypatch) -> None:
-    """A `tiny` model preset (width 8): a training step takes milliseconds, and the loop still runs for real."""
+    """A `tiny` model preset for every family (DCGAN width 8): a training step takes milliseconds, and the loop still runs for real."""
     from apollo.model import PRESETS, ModelConfig
+    from apollo.sequence import SEQUENCE_PRESETS
 
     monkeypatch.setitem(PRESETS, "tiny", ModelConfig(width=8))
+    monkeypatch.setitem(SEQUENCE_PRESETS, "tiny", {"lstm": dict(width=16, n_layers=2), "gru": dict(width=16, n_layers=2),
+                                                   "transformer": dict(width=16, n_layers=2, n_heads=2)})
 
 
 @pytest.fixture(scope="session")
