@@ -276,15 +276,18 @@ def sample_probabilities(generator: Generator, n_steps: int, seed: int) -> np.nd
     return out[..., :n_steps]
 
 
-def sample_cells(generator, n_steps: int, seed: int, temperature: float = 1.0) -> np.ndarray:
-    """What a model of any family writes for one piece of ``n_steps`` steps from ``seed``, as
+def sample_cells(generator, n_steps: int, seeds: list[int], temperature: float = 1.0) -> Iterator[np.ndarray]:
+    """What a model of any family writes for pieces of ``n_steps`` steps, one per seed, each as
     ``[channels, n_pitches, n_steps]`` for :meth:`Decoding.decode`: the DCGAN's chained probabilities
-    (:func:`sample_probabilities`), a sequence model's cells drawn at ``temperature``."""
+    (:func:`sample_probabilities`), one piece at a time; a sequence model's cells drawn at
+    ``temperature``, all pieces together (:func:`apollo.sequence.sample_pieces`)."""
     if family(generator) == "dcgan":
-        return sample_probabilities(generator, n_steps, seed)
-    from apollo.sequence import sample_piece
+        for seed in seeds:
+            yield sample_probabilities(generator, n_steps, seed)
+        return
+    from apollo.sequence import sample_pieces
 
-    return sample_piece(generator, n_steps, seed, temperature).numpy()
+    yield from sample_pieces(generator, n_steps, seeds, temperature).numpy()
 
 
 def hold_last_chord(roll: PianoRoll, bar_steps: int) -> PianoRoll:
@@ -483,8 +486,8 @@ def generate(
 
     result = GenerateResult(choice, seed, tempo, decoding, family=family(generator),
                             temperature=None if family(generator) == "dcgan" else temperature)
-    for i, midi_path in enumerate(numbered_paths(out, n)):
-        cells = sample_cells(generator, n_steps, seed + i, temperature)
+    drawn = sample_cells(generator, n_steps, [seed + i for i in range(n)], temperature)
+    for i, (midi_path, cells) in enumerate(zip(numbered_paths(out, n), drawn)):
         roll = decoding.decode(cells, spec.encoding, spec.grid, tempo)
         if ending == "hold":
             roll = hold_last_chord(roll, spec.steps_per_bar)

@@ -13,7 +13,7 @@ from apollo.cli.main import cli
 from apollo.errors import ApolloError
 from apollo.generate import export_model, generate
 from apollo.roll import PianoRoll
-from apollo.sequence import SEQUENCE_FAMILIES, SequenceConfig, SequenceModel, sample_piece, to_planes, to_steps
+from apollo.sequence import SEQUENCE_FAMILIES, SequenceConfig, SequenceModel, sample_piece, sample_pieces, to_planes, to_steps
 from apollo.train import TrainConfig, train
 
 TINY = dict(preset="tiny", batch_size=4, log_every=2, sample_every=4, eval_every=4, n_samples=2, n_eval=4,
@@ -119,6 +119,7 @@ def test_a_piece_runs_on_past_the_window_and_starts_as_the_shorter_one():
         model = SequenceModel(SequenceConfig(family=family, width=16, n_layers=1, n_heads=2, n_steps=32, context=32)).eval()
         short, long = sample_piece(model, 32, seed=3), sample_piece(model, 80, seed=3)
         assert long.shape == (2, 64, 80) and torch.equal(long[..., :32], short)
+        assert torch.equal(sample_pieces(model, 80, [2, 3, 4])[1], long)  # drawn together or alone, the same
         assert not torch.equal(sample_piece(model, 32, seed=4), short)
 
 
