@@ -18,7 +18,7 @@ import numpy as np
 
 from apollo.dataset import read_manifest
 from apollo.decoding import Decoding
-from apollo.generate import find_model, load_model, sample_probabilities
+from apollo.generate import find_model, load_model, sample_cells
 from apollo.metrics import bars
 from apollo.roll import PianoRoll
 
@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     generator, spec = load_model(find_model(args.checkpoint))
     decoding = spec.decoding or Decoding()
     made = []
-    for seed in range(args.n):
-        probs = sample_probabilities(generator, args.bars * spec.steps_per_bar, seed)
-        made.append(silent_bars(decoding.decode(probs, spec.encoding, spec.grid, spec.tempo)))
+    for cells in sample_cells(generator, args.bars * spec.steps_per_bar, list(range(args.n)), spec.temperature):
+        made.append(silent_bars(decoding.decode(cells, spec.encoding, spec.grid, spec.tempo)))
     files = read_manifest(args.data)["files"]
     real = [silent_bars(PianoRoll.from_midi(args.midi / path, spec.grid))
             for path, split in zip(files["path"], files["split"]) if split == "test"]
