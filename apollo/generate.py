@@ -512,13 +512,15 @@ def export_model(
     tempo: float | None = None,
     half: bool = False,
     decoding: Decoding | None = None,
+    temperature: float | None = None,
 ) -> Path:
     """Export a training checkpoint's generator as safetensors (the bundled model's format).
 
     Writes ``out`` and, beside it, ``<stem>.json`` with the provenance: the checkpoint's (the recipe
     and stage that trained it, the commit of the code) and ``provenance`` (command, run summary...). ``half`` stores the weights as float16, halving the file; they are read back
     into float32. ``tempo`` records the tempo `apollo generate` should use by default, and
-    ``decoding`` the decoding (:func:`apollo.decoding.calibrate` chooses one).
+    ``decoding`` the decoding (:func:`apollo.decoding.calibrate` chooses one); ``temperature`` a
+    sequence model's sampling temperature (bench/calibrate_decoding.py chooses one).
     """
     import torch
 
@@ -535,6 +537,8 @@ def export_model(
     }
     if decoding is not None:
         extra["decoding"] = decoding.to_dict()
+    if temperature is not None:
+        extra["temperature"] = temperature
     meta = {k: v for k, v in meta.items() if k not in ("model_config", "apollo_version")} | extra
     if half:
         generator = generator.to(torch.float16)

@@ -1,5 +1,9 @@
 """Choose a model's decoding on the validation split (:func:`apollo.decoding.calibrate`), and ship it.
 
+For a sequence model (LSTM, GRU, Transformer), which draws its cells, the choice is its sampling
+temperature instead: ``n`` pieces are drawn at each of ``--temperatures`` and ranked the same way
+(the highest mean OA among those that miss no metric that temperature 1 keeps within 10 %).
+
 Samples ``n`` pieces from the model (piece ``i`` from seed ``100000 + i``: noise that no row of
 docs/results.md measures), decodes them with every candidate of :func:`apollo.decoding.candidates`,
 and measures each against the dataset's **validation split**, where every choice is made; the
@@ -25,15 +29,17 @@ import sys
 import time
 from pathlib import Path
 
-from apollo.decoding import Decoding, calibrate
+from apollo.decoding import Decoding, calibrate, choose
 from apollo.dataset import read_manifest
 from apollo.errors import ApolloError
 from apollo.evaluate import load_rolls
 from apollo.generate import (
     export_model,
     find_model,
+    family,
     key_move,
     load_model,
+    sample_cells,
     sample_probabilities,
 )
 
@@ -47,6 +53,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=768, help="pieces sampled (default: 768)")
     parser.add_argument("--export", help="export the model with the chosen decoding to this .safetensors file")
     parser.add_argument("--provenance", help="JSON of an earlier export whose provenance the export keeps")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.8, 0.9, 1.0],
+                        help="a sequence model's candidate temperatures (1 is always tried)")
     args = parser.parse_args()
     if args.n < 1:
         parser.error(f"-n must be at least 1, got {args.n}")
@@ -61,7 +69,6 @@ def main() -> None:
     t0 = time.perf_counter()
     generator, spec = load_model(find_model(args.checkpoint))
     seeds = range(FIRST_SEED, FIRST_SEED + args.n)
-    probabilities = [sample_probabilities(generator, spec.n_steps, seed) for seed in seeds]
     try:
         split = "val" if read_manifest(args.data)["counts"].get("test_files") is not None else "train"
     except ApolloError:
@@ -70,6 +77,10 @@ def main() -> None:
         print(f"{args.data} has no test split (an older dataset): its validation split is reported on, so the "
               "decoding is chosen on the training split")
     reference = load_rolls(args.data, split=split, real=True).rolls
+    if family(generator) != "dcgan":
+        choose_temperature(args, generator, spec, seeds, reference, split, provenance)
+        return
+    probabilities = [sample_probabilities(generator, spec.n_steps, seed) for seed in seeds]
     choice, trials = calibrate(probabilities, reference, encoding=spec.encoding, grid=spec.grid,
                                tempo=spec.tempo, moves=[key_move(spec, seed) for seed in seeds])
     print(f"{args.n} samples against {len(reference)} {split} rolls of {args.data} ({time.perf_counter() - t0:.0f} s)")
@@ -86,6 +97,36 @@ def main() -> None:
         provenance["decoding"] = (f"chosen by bench/calibrate_decoding.py on {args.n} samples against the "
                                   f"{split} split of {args.data}: {choice}")
         export_model(args.checkpoint, args.export, provenance=provenance, decoding=choice)
+        print(f"exported {args.export}")
+
+
+def choose_temperature(args, model, spec, seeds, reference, split: str, provenance: dict) -> None:
+    """A sequence model's temperature, chosen as a decoding is (module doc)."""
+    t0 = time.perf_counter()
+    temperatures = sorted({*args.temperatures, 1.0})
+    trials = []
+    for temperature in temperatures:
+        cells = list(sample_cells(model, spec.n_steps, list(seeds), temperature))
+        _, (trial,) = calibrate(cells, reference, encoding=spec.encoding, grid=spec.grid, tempo=spec.tempo,
+                                decodings=[spec.decoding], moves=[key_move(spec, seed) for seed in seeds])
+        trials.append(trial)
+    temperature_of = {id(trial): temperature for trial, temperature in zip(trials, temperatures)}
+    ranked = choose(trials, baseline=trials[temperatures.index(1.0)])
+    print(f"{args.n} samples per temperature against {len(reference)} {split} rolls of {args.data} "
+          f"({time.perf_counter() - t0:.0f} s)")
+    print("| temperature | mean OA | outside 10 % | notes / bar | qualified notes | polyphony |")
+    print("|---|---|---|---|---|---|")
+    for trial in ranked:
+        values = trial.report["values"]
+        real = {k: values[f"real/{k}"] for k in ("note_density", "qualified_note_rate", "polyphony")}
+        print(f"| {temperature_of[id(trial)]:g} | {trial.mean_oa:.3f} | {', '.join(trial.misses) or '-'} | "
+              + " | ".join(f"{values[k]:.2f} ({real[k]:.2f})" for k in real) + " |")
+    choice = temperature_of[id(ranked[0])]
+    print(f"chosen: temperature {choice:g}")
+    if args.export:
+        provenance["temperature"] = (f"chosen by bench/calibrate_decoding.py on {args.n} samples per temperature "
+                                     f"against the {split} split of {args.data}: {choice:g}")
+        export_model(args.checkpoint, args.export, provenance=provenance, temperature=choice)
         print(f"exported {args.export}")
 
 
