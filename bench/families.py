@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     print(f"Generation on {args.threads} thread(s), {args.n} pieces of 16 bars each.\n")
-    print("| row | family | parameters | steps | training time | precision | pieces/s |")
+    print("| row | family | parameters | checkpoint's step | training time to it | precision | pieces/s |")
     print("|---|---|---|---|---|---|---|")
     for item in args.models:
         label, _, where = item.partition("=")
