@@ -29,7 +29,8 @@ WITH_RECIPE = ("recipe", "data", "run", "device", "precision", "minutes", "setti
 @click.option("--resume", type=click.Path(path_type=Path), metavar="RUN", help="Continue the run (or recipe run) in this folder, or runs/RUN, where it stopped.")
 @click.option("--from", "start_from", type=click.Path(dir_okay=False, path_type=Path), metavar="CHECKPOINT", help="Fine-tune: a new run that goes on from this training checkpoint with its settings, changed by the options given here.")
 @click.option("--recipe", metavar="NAME", help="Train as a recipe says: a shipped one (`apollo recipes` lists them) or a .toml file.")
-@click.option("--model", default=TrainConfig.model, show_default=True, type=click.Choice(FAMILIES), help="Model family: the DCGAN, or a sequence model that writes one time step after another.")
+@click.option("--model", default=TrainConfig.model, show_default=True, type=click.Choice(FAMILIES), metavar="FAMILY",
+              help=f"Model family: {', '.join(FAMILIES)}. The DCGAN, or a sequence model that writes one time step after another.")
 @click.option("--preset", default="auto", show_default=True, type=click.Choice([*PRESETS, "auto"]), help="Model size; auto: small on CPU, apollo on a GPU.")
 @click.option("--loss", default=TrainConfig.loss, show_default=True, type=click.Choice(LOSSES), help="GAN loss.")
 @click.option("--steps", type=click.IntRange(min=0), help="Train until this many generator updates in all.")
