@@ -6,10 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tqdm
 
 from apollo.roll import Grid, PianoRoll
 
 N_CHORALES = 24
+
+# tqdm starts a monitor thread with its first progress bar (the trainer's), and it outlives the
+# bar. Tests of how workers start need a single-threaded process, whichever test ran before them.
+tqdm.tqdm.monitor_interval = 0
 
 
 @pytest.fixture(scope="session")
