@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # torch is imported only when a model is loaded
 
     from apollo.model import Generator
     from apollo.render import RenderInfo
+    from apollo.sequence import SequenceModel
 
 __all__ = [
     "BUNDLED_DIR",
@@ -185,12 +186,12 @@ def key_move(spec: ModelSpec, seed: int) -> int:
     return draw_move(spec.key_moves, np.random.default_rng(seed)) if spec.key_moves else 0
 
 
-def family(model) -> str:
+def family(model: Generator | SequenceModel) -> str:
     """A loaded model's family: "dcgan", "lstm", "gru" or "transformer"."""
     return getattr(model.config, "family", "dcgan")
 
 
-def load_model(choice: ModelChoice, dcgan_only: str | None = None) -> tuple[Generator, ModelSpec]:
+def load_model(choice: ModelChoice, dcgan_only: str | None = None) -> tuple[Generator | SequenceModel, ModelSpec]:
     """The generator (CPU, eval mode) of any family, and its spec. Never runs code stored in the file.
     ``dcgan_only`` names a command that needs the DCGAN's noise (inversion, chaining, ONNX): any
     other family is refused with one line."""
@@ -276,7 +277,7 @@ def sample_probabilities(generator: Generator, n_steps: int, seed: int) -> np.nd
     return out[..., :n_steps]
 
 
-def sample_cells(generator, n_steps: int, seeds: list[int], temperature: float = 1.0) -> Iterator[np.ndarray]:
+def sample_cells(generator: Generator | SequenceModel, n_steps: int, seeds: list[int], temperature: float = 1.0) -> Iterator[np.ndarray]:
     """What a model of any family writes for pieces of ``n_steps`` steps, one per seed, each as
     ``[channels, n_pitches, n_steps]`` for :meth:`Decoding.decode`: the DCGAN's chained probabilities
     (:func:`sample_probabilities`), one piece at a time; a sequence model's cells drawn at
