@@ -91,11 +91,8 @@ def main() -> None:
         keeps = "yes" if t.required_misses <= baseline.required_misses else "no"
         print(f"| {t.decoding} | {t.mean_oa:.3f} | {keeps} | {measured(t)} |")
     print(f"chosen: {choice}")
-    if args.export:
-        provenance["decoding"] = (f"chosen by bench/calibrate_decoding.py on {args.n} samples against the "
-                                  f"{split} split of {args.data}: {choice}")
-        export_model(args.checkpoint, args.export, provenance=provenance, decoding=choice)
-        print(f"exported {args.export}")
+    export(args, provenance, "decoding", f"{args.n} samples against the {split} split of {args.data}: {choice}",
+           decoding=choice)
 
 
 def measured(trial) -> str:
@@ -126,10 +123,15 @@ def choose_temperature(args, model, spec, seeds, reference, split: str, provenan
         print(f"| {temperature_of[id(trial)]:g} | {trial.mean_oa:.3f} | {measured(trial)} |")
     choice = temperature_of[id(ranked[0])]
     print(f"chosen: temperature {choice:g}")
+    export(args, provenance, "temperature",
+           f"{args.n} samples per temperature against the {split} split of {args.data}: {choice:g}", temperature=choice)
+
+
+def export(args, provenance: dict, what: str, how: str, **choice) -> None:
+    """With --export, the model with its chosen ``what`` (export_model's keyword ``choice``), and how it was chosen."""
     if args.export:
-        provenance["temperature"] = (f"chosen by bench/calibrate_decoding.py on {args.n} samples per temperature "
-                                     f"against the {split} split of {args.data}: {choice:g}")
-        export_model(args.checkpoint, args.export, provenance=provenance, temperature=choice)
+        provenance[what] = f"chosen by bench/calibrate_decoding.py on {how}"
+        export_model(find_model(args.checkpoint).path, args.export, provenance=provenance, **choice)
         print(f"exported {args.export}")
 
 
