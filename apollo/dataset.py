@@ -71,8 +71,9 @@ class DatasetConfig:
     Training chunks: windows of ``n_steps`` start every ``hop`` steps from the first bar that holds
     a note. A window is kept when at least ``min_fill`` of it lies inside the piece and it holds at
     least ``min_notes`` note onsets. Where a window runs past the piece's end, ``fill`` says what
-    follows: ``"repeat"`` plays the piece again from its first bar (as a chorale has more verses and
-    a reel is played round), so the model never learns that music stops after a few bars;
+    follows: ``"repeat"`` plays the piece again (as a chorale has more verses and a reel is played
+    round), from the first beat where its first note can follow the last note's end, so the model
+    never learns that music stops after a few bars, nor holes that the music does not have;
     ``"silence"`` pads with silence. ``transpose`` is an inclusive semitone range, every
     transposition a separate chunk; ``normalize_key`` instead moves each chunk to C major / A minor
     (:mod:`apollo.key`), its move recorded in the manifest's ``transpose`` column; ``time_shift``

@@ -175,8 +175,12 @@ def chunk_piece(notes: MidiNotes, config: DatasetConfig, *, held_out: bool = Fal
     window = (starts[None, :] - shifts[:, None]).reshape(-1)
     shift_of = np.repeat(shifts, len(starts))
     if not held_out and config.fill == "repeat" and len(window):
-        # The piece again from its first bar, as often as the furthest window needs.
-        period = -(-(end - begin) // bar) * bar
+        # The piece again, as often as the furthest window needs, from the first beat where its first
+        # note can follow the last note's end, as a chorale's next verse or a reel's next round does.
+        # (From the next bar line, an upbeat after a full last bar left a hole of three beats that
+        # the music never has, and a model trained on it made holes of its own.)
+        first = int(start.min())
+        period = -(-(end - first) // grid.steps_per_beat) * grid.steps_per_beat
         copies = -(-(int(window.max()) + width - begin) // period)
         repeat = np.repeat(np.arange(copies) * period, len(pitch))
         pitch, start, stop = np.tile(pitch, copies), np.tile(start, copies) + repeat, np.tile(stop, copies) + repeat

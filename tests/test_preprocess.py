@@ -54,14 +54,33 @@ def test_chunks_are_the_source_rolls_transposed_and_windowed(dataset, chorale_di
         source = chorale_dir / train.files[train.provenance["file"][i]]
         notes = read_notes(source)
         t, offset = train.provenance["transpose"][i], train.provenance["offset"][i]
-        # Past its end the piece plays again from its first bar (fill="repeat").
-        begin = notes.start.min() // 16 * 16
-        period = -(-(notes.end.max() - begin) // 16) * 16
+        # Past its end the piece plays again from the first beat its first note can take (fill="repeat").
+        period = -(-(notes.end.max() - notes.start.min()) // 4) * 4
         moved = np.repeat(np.arange(3) * period, len(notes.pitch))
         whole = PianoRoll.from_notes(np.tile(notes.pitch, 3) + t, np.tile(notes.start, 3) + moved,
                                      np.tile(notes.end, 3) + moved, CONFIG.grid)
         expected = whole.slice(offset, offset + CONFIG.n_steps)
         assert np.array_equal(train.rolls([i])[0].cells, expected.cells)
+
+
+def test_repeats_add_no_rest_longer_than_a_beat_to_real_chorales(chorale_dir):
+    # Real chorales, many with an upbeat: a model learns the rests of its training chunks, so the
+    # join between one time through a piece and the next may add no hole the music does not have.
+    config = DatasetConfig()
+    for path in sorted(chorale_dir.glob("*.mid")):
+        notes = read_notes(path)
+        inside = PianoRoll.from_notes(notes.pitch, notes.start, notes.end, config.grid)
+        chunks = chunk_piece(notes, config)["rows"]
+        allowed = max(_longest_rest(inside), config.grid.steps_per_beat - 1)
+        for row in chunks:
+            planes = np.unpackbits(row, bitorder="little").reshape(2, 64, 256)
+            assert _longest_rest(PianoRoll(planes[0], config.grid)) <= allowed, path.name
+
+
+def _longest_rest(roll: PianoRoll) -> int:
+    """The longest run of silent steps between the first sounding step and the last."""
+    sounding = np.flatnonzero(roll.cells.any(axis=0))
+    return int(np.diff(sounding).max(initial=1)) - 1 if len(sounding) else 0
 
 
 def test_held_out_chunks_are_whole_stretches_of_one_piece(dataset, chorale_dir):
@@ -148,8 +167,16 @@ def test_short_pieces_are_repeated_padded_or_skipped():
     config = DatasetConfig()  # n_steps 256, hop 128, min_fill 0.5, fill "repeat"
     one = chunk_piece(_scale(200), config)
     planes = np.unpackbits(one["rows"][0], bitorder="little").reshape(2, 64, 256)
-    # 200 steps end inside bar 13 (of 16 steps); the piece begins again at the next bar line, step 208.
-    assert np.array_equal(planes[:, :, 208:], planes[:, :, :48]) and not planes[:, :, 200:208].any()
+    # 200 steps end on a beat inside bar 13; the piece begins again there, with no rest between.
+    assert np.array_equal(planes[:, :, 200:], planes[:, :, :56])
+    # An upbeat: the first note on the last beat of bar 1; the last note ends on a bar line. The
+    # piece comes again on the beat that lets the upbeat follow the last note (step 196: 12 + 184),
+    # not at the next bar line, which would leave three beats of silence before the upbeat.
+    scale = _scale(180)
+    upbeat = _notes(np.r_[55, scale.pitch], np.r_[12, scale.start + 16], np.r_[16, scale.end + 16])
+    planes = np.unpackbits(chunk_piece(upbeat, config)["rows"][0], bitorder="little").reshape(2, 64, 256)
+    assert planes[0, 55 - config.grid.lowest_pitch, 196:200].all()
+    assert planes[0].any(axis=0)[12:].all()  # sound from the upbeat to the window's end
     config = DatasetConfig(fill="silence")
     with pytest.raises(MidiError, match=r"too short \(100 steps, a chunk needs at least 128\)"):
         chunk_piece(_scale(100), config)
