@@ -177,11 +177,12 @@ def chunk_piece(notes: MidiNotes, config: DatasetConfig, *, held_out: bool = Fal
     if not held_out and config.fill == "repeat" and len(window):
         # The piece again, as often as the furthest window needs, from the first beat where its first
         # note can follow the last note's end, as a chorale's next verse or a reel's next round does.
-        # (From the next bar line, an upbeat after a full last bar left a hole of three beats that
-        # the music never has, and a model trained on it made holes of its own.)
+        # (From the next bar line, an upbeat after a full last bar left three beats of silence that
+        # the music never has.) One copy more than the windows reach: a copy may end up to a beat
+        # short of the next one's start.
         first = int(start.min())
         period = -(-(end - first) // grid.steps_per_beat) * grid.steps_per_beat
-        copies = -(-(int(window.max()) + width - begin) // period)
+        copies = -(-(int(window.max()) + width - begin) // period) + 1
         repeat = np.repeat(np.arange(copies) * period, len(pitch))
         pitch, start, stop = np.tile(pitch, copies), np.tile(start, copies) + repeat, np.tile(stop, copies) + repeat
         end = int(stop.max())

@@ -64,8 +64,8 @@ def test_chunks_are_the_source_rolls_transposed_and_windowed(dataset, chorale_di
 
 
 def test_repeats_add_no_rest_longer_than_a_beat_to_real_chorales(chorale_dir):
-    # Real chorales, many with an upbeat: a model learns the rests of its training chunks, so the
-    # join between one time through a piece and the next may add no hole the music does not have.
+    # Real chorales, many with an upbeat: the join between one time through a piece and the next
+    # may add no rest longer than the piece's own, beyond the part of a beat that keeps the beat.
     config = DatasetConfig()
     for path in sorted(chorale_dir.glob("*.mid")):
         notes = read_notes(path)
