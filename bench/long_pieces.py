@@ -23,6 +23,7 @@ import numpy as np
 
 from apollo.dataset import read_manifest
 from apollo.decoding import Decoding
+from apollo.errors import ApolloError
 from apollo.generate import find_model, load_model, sample_cells
 from apollo.metrics import bars
 from apollo.roll import PianoRoll
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--rest", type=int, default=8, help="count rests longer than this many steps (default: 8)")
     args = parser.parse_args(argv)
+    if args.n < 1 or args.bars < 1:
+        parser.error(f"-n and --bars must be at least 1, got {args.n} and {args.bars}")
 
     generator, spec = load_model(find_model(args.checkpoint))
     decoding = spec.decoding or Decoding()
@@ -80,4 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ApolloError as error:
+        sys.exit(f"error: {error}")
