@@ -9,9 +9,12 @@ defaults apply, the same decoding the trainer evaluates with.
 
 The thresholds are part of the model's output, so they are chosen like a checkpoint: by mean
 OA, on data that is not the reference of the reported results. :func:`calibrate` decodes one set
-of samples with each candidate, measures them against the **training split**, and keeps the
+of samples with each candidate, measures them against the **validation split**, and keeps the
 highest mean OA among the candidates that put no metric outside the tolerance that the default
-decoding keeps inside it: calibration may not buy overlap with a metric that was right.
+decoding keeps inside it: calibration may not buy overlap with a metric that was right. The
+default decoding is the one the discriminator judged in training, so a candidate replaces it only
+when it gains more than :data:`MIN_GAIN`: a smaller gain is the samples' noise, and choosing the
+best of many candidates on noise would ship a decoding for nothing.
 bench/calibrate_decoding.py calibrates the bundled model this way.
 """
 
@@ -25,7 +28,7 @@ import numpy as np
 
 from apollo.roll import Encoding, Grid, PianoRoll
 
-__all__ = ["MIN_LENGTH", "Decoding", "Trial", "calibrate", "candidates", "choose"]
+__all__ = ["MIN_GAIN", "MIN_LENGTH", "Decoding", "Trial", "calibrate", "candidates", "choose"]
 
 # A generator leaves single cells just above the threshold, each a one-step note that chorales
 # almost never have (2 % of their notes, 16 % of a model's we trained on them); decoding drops them
@@ -35,6 +38,11 @@ MIN_LENGTH = 2
 # Real training chunks miss the validation split's empty-bar rate by 40 % (silent padding after
 # short chorales; docs/results.md, "Reading the numbers"), so calibration does not ask it of a model.
 NOT_REQUIRED = ("empty_bar_rate",)
+
+# The mean OA a candidate must gain over the default decoding to replace it. Two decodings of the
+# same 256 samples differ by a gain whose spread over disjoint sets of samples is 0.003-0.004
+# (bench/calibrate_decoding.py's sample size; docs/results.md, "Choosing a decoding").
+MIN_GAIN = 0.005
 
 
 @dataclass(frozen=True)
@@ -105,14 +113,19 @@ class Trial:
         return not self.required_misses
 
 
-def choose(trials: Sequence[Trial], baseline: Trial) -> list[Trial]:
+def choose(trials: Sequence[Trial], baseline: Trial, min_gain: float = MIN_GAIN) -> list[Trial]:
     """``trials`` best first: those that miss no required metric ``baseline`` keeps within the
-    tolerance, by mean OA, then the others, by mean OA. The first is the choice."""
+    tolerance, by mean OA, then the others, by mean OA. The first is the choice, except that
+    ``baseline`` comes first unless the best gains more than ``min_gain`` mean OA over it."""
 
     def rank(trial: Trial) -> tuple:
         return (trial.required_misses <= baseline.required_misses, trial.mean_oa)
 
-    return sorted(trials, key=rank, reverse=True)
+    ranked = sorted(trials, key=rank, reverse=True)
+    if ranked[0].mean_oa - baseline.mean_oa <= min_gain:
+        ranked.remove(baseline)
+        ranked.insert(0, baseline)
+    return ranked
 
 
 def calibrate(
@@ -125,6 +138,7 @@ def calibrate(
     decodings: Iterable[Decoding] | None = None,
     moves: Sequence[int] | None = None,
     tolerance: float | None = None,
+    min_gain: float = MIN_GAIN,
 ) -> tuple[Decoding, list[Trial]]:
     """The decoding to ship with a model, and every trial, best first (:func:`choose`).
 
@@ -132,7 +146,8 @@ def calibrate(
     transposes each decoded sample (a model trained in one key, as ``apollo generate`` does) before
     it is measured against ``reference``, real music of the validation split (choose there, report
     on test). ``decodings`` defaults to :func:`candidates`; the default :class:`Decoding` is always tried, as the baseline.
-    ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`.
+    ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`; ``min_gain`` is what a candidate
+    must gain over the default to replace it.
     """
     # Imported here: `apollo generate` reads Decoding and should not load the evaluation code.
     from apollo.evaluate import TOLERANCE, report
@@ -152,5 +167,5 @@ def calibrate(
         rep = report(rolls, reference, tolerance=tolerance)
         misses = tuple(name for name, check in rep["checks"].items() if not check["within_tolerance"])
         trials.append(Trial(decoding, rep["values"]["mean_oa"] or 0.0, misses, rep))
-    ranked = choose(trials, baseline=next(t for t in trials if t.decoding.effective == default))
+    ranked = choose(trials, next(t for t in trials if t.decoding.effective == default), min_gain)
     return ranked[0].decoding, ranked

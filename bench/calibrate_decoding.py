@@ -2,14 +2,16 @@
 
 For a sequence model (LSTM, GRU, Transformer), which draws its cells, the choice is its sampling
 temperature instead: ``n`` pieces are drawn at each of ``--temperatures`` and ranked the same way
-(the highest mean OA among those that miss no metric that temperature 1 keeps within 10 %).
+(the highest mean OA among those that miss no metric that temperature 1 keeps within 10 %, if it
+gains more than ``--min-gain`` over temperature 1).
 
 Samples ``n`` pieces from the model (piece ``i`` from seed ``100000 + i``: noise that no row of
 docs/results.md measures), decodes them with every candidate of :func:`apollo.decoding.candidates`,
 and measures each against the dataset's **validation split**, where every choice is made; the
 test split, on which the results are reported, takes no part. (A dataset made before test splits
 existed has no clean held-out split; the training split is used then, and the script says so.) Prints every trial, best first, and the choice (the highest
-mean OA among the decodings that miss no metric the default decoding keeps within 10 %)::
+mean OA among the decodings that miss no metric the default decoding keeps within 10 %, if it
+gains more than ``--min-gain`` over the default; else the default, which the discriminator judged)::
 
     python bench/calibrate_decoding.py runs/NAME/checkpoints/best.pt --data datasets/bach-chorales
 
@@ -29,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from apollo.decoding import Decoding, calibrate, choose
+from apollo.decoding import MIN_GAIN, Decoding, calibrate, choose
 from apollo.dataset import read_manifest
 from apollo.errors import ApolloError
 from apollo.evaluate import load_rolls
@@ -55,6 +57,8 @@ def main() -> None:
     parser.add_argument("--provenance", help="JSON of an earlier export whose provenance the export keeps")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.8, 0.9, 1.0],
                         help="a sequence model's candidate temperatures (1 is always tried)")
+    parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
+                        help=f"mean OA a candidate must gain over the default to replace it (default: {MIN_GAIN})")
     args = parser.parse_args()
     if args.n < 1:
         parser.error(f"-n must be at least 1, got {args.n}")
@@ -82,7 +86,7 @@ def main() -> None:
         return
     probabilities = [sample_probabilities(generator, spec.n_steps, seed) for seed in seeds]
     choice, trials = calibrate(probabilities, reference, encoding=spec.encoding, grid=spec.grid,
-                               tempo=spec.tempo, moves=[key_move(spec, seed) for seed in seeds])
+                               tempo=spec.tempo, moves=[key_move(spec, seed) for seed in seeds], min_gain=args.min_gain)
     print(f"{args.n} samples against {len(reference)} {split} rolls of {args.data} ({time.perf_counter() - t0:.0f} s)")
     baseline = next(t for t in trials if t.decoding.effective == Decoding().effective)
     print("| decoding | mean OA | keeps what the default keeps | outside 10 % | notes / bar | qualified notes | polyphony |")
@@ -90,7 +94,7 @@ def main() -> None:
     for t in trials:
         keeps = "yes" if t.required_misses <= baseline.required_misses else "no"
         print(f"| {t.decoding} | {t.mean_oa:.3f} | {keeps} | {measured(t)} |")
-    print(f"chosen: {choice}")
+    print(f"chosen: {choice}{kept_note(trials, baseline, args.min_gain)}")
     export(args, provenance, "decoding", f"{args.n} samples against the {split} split of {args.data}: {choice}",
            decoding=choice)
 
@@ -101,6 +105,17 @@ def measured(trial) -> str:
     telling = " | ".join(f"{values[k]:.2f} ({values[f'real/{k}']:.2f})"
                          for k in ("note_density", "qualified_note_rate", "polyphony"))
     return f"{', '.join(trial.misses) or '-'} | {telling}"
+
+
+def kept_note(ranked, baseline, min_gain: float) -> str:
+    """Why the default came first when the runner-up measured higher (``ranked``: best first); else nothing."""
+    runner_up = ranked[1] if len(ranked) > 1 and ranked[0] is baseline else None
+    if runner_up is None or runner_up.mean_oa <= baseline.mean_oa:
+        return ""
+    if not runner_up.required_misses <= baseline.required_misses:
+        return ""
+    gain = runner_up.mean_oa - baseline.mean_oa
+    return f" (the default: the best candidate gains {gain:.4f} mean OA, not more than --min-gain {min_gain:g})"
 
 
 def choose_temperature(args, model, spec, seeds, reference, split: str, provenance: dict) -> None:
@@ -114,7 +129,8 @@ def choose_temperature(args, model, spec, seeds, reference, split: str, provenan
                                 decodings=[spec.decoding], moves=[key_move(spec, seed) for seed in seeds])
         trials.append(trial)
     temperature_of = {id(trial): temperature for trial, temperature in zip(trials, temperatures)}
-    ranked = choose(trials, baseline=trials[temperatures.index(1.0)])
+    baseline = trials[temperatures.index(1.0)]
+    ranked = choose(trials, baseline, args.min_gain)
     print(f"{args.n} samples per temperature against {len(reference)} {split} rolls of {args.data} "
           f"({time.perf_counter() - t0:.0f} s)")
     print("| temperature | mean OA | outside 10 % | notes / bar | qualified notes | polyphony |")
@@ -122,7 +138,7 @@ def choose_temperature(args, model, spec, seeds, reference, split: str, provenan
     for trial in ranked:
         print(f"| {temperature_of[id(trial)]:g} | {trial.mean_oa:.3f} | {measured(trial)} |")
     choice = temperature_of[id(ranked[0])]
-    print(f"chosen: temperature {choice:g}")
+    print(f"chosen: temperature {choice:g}{kept_note(ranked, baseline, args.min_gain)}")
     export(args, provenance, "temperature",
            f"{args.n} samples per temperature against the {split} split of {args.data}: {choice:g}", temperature=choice)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apollo.decoding import Decoding, Trial, calibrate, candidates, choose
+from apollo.decoding import MIN_GAIN, Decoding, Trial, calibrate, candidates, choose
 from apollo.evaluate import chunk
 from apollo.roll import HELD, Grid, PianoRoll
 
@@ -72,6 +72,20 @@ def test_choice_never_trades_a_metric_that_was_right_for_overlap():
     assert exact.passes and not fuller.passes and trial(0.5, 0.9, "empty_bar_rate").passes
     # When the baseline passes everything, so must the choice.
     assert choose([thicker, fuller, exact], exact)[0] is exact
+
+
+def test_a_gain_within_the_samples_noise_keeps_the_default():
+    """The default is what the discriminator judged: a candidate must gain more than ``min_gain``."""
+    baseline = Trial(Decoding(), 0.600, (), {})
+    close = Trial(Decoding(0.475), 0.600 + MIN_GAIN / 2, (), {})
+    clear = Trial(Decoding(0.45), 0.600 + 2 * MIN_GAIN, (), {})
+    assert choose([close, baseline], baseline)[0] is baseline
+    assert [t.decoding.threshold for t in choose([close, baseline], baseline)] == [0.5, 0.475]
+    assert choose([close, clear, baseline], baseline)[0] is clear
+    assert choose([close, baseline], baseline, min_gain=0)[0] is close
+    # Worse than the default on what it keeps: never chosen, however high its overlap.
+    trading = Trial(Decoding(0.4), 0.700, ("polyphony",), {})
+    assert choose([trading, close, baseline], baseline)[:2] == [baseline, close]
 
 
 def test_calibration_moves_each_sample_before_measuring(chorale_chunks):
