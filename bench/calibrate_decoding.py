@@ -62,6 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.n < 1:
         parser.error(f"-n must be at least 1, got {args.n}")
+    if args.min_gain < 0:
+        parser.error(f"--min-gain must be at least 0, got {args.min_gain}")
 
     provenance = {}
     if args.provenance:  # read first: a bad file should not cost a calibration
