@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "R1_EVERY", "discriminator_loss", "generator_loss", "gradient_penalty", "r1_penalty",
+__all__ = ["BINARIZE", "LOSSES", "R1_EVERY", "discriminator_loss", "generator_loss", "gradient_penalty", "r1_penalty",
            "shift_randomly", "as_judged", "as_decoded", "begins_to_sound"]
 
 LOSSES = ("bce", "wgan-gp", "hinge")
+BINARIZE = ("threshold", "sample", "none")  # how the discriminator sees generated cells (as_judged)
 R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2: a third of the cost)
 
 
@@ -67,12 +68,16 @@ def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Gen
     return torch.gather(rolls, dim, index) * inside
 
 
-def as_judged(probs: torch.Tensor, binarize: bool, encoding: str) -> torch.Tensor:
-    """Generated probabilities as the discriminator judges them: with ``binarize``, 0/1 cells like
-    the real rolls (forward: thresholded at 0.5; backward: the identity, straight-through), and,
-    for the onset encoding, read as the decoder reads them (:func:`as_decoded`)."""
-    if binarize:
-        probs = probs + ((probs > 0.5).to(probs.dtype) - probs).detach()
+def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Generator | None = None) -> torch.Tensor:
+    """Generated probabilities as the discriminator judges them, and, for the onset encoding, read
+    as the decoder reads them (:func:`as_decoded`). ``binarize`` (:data:`BINARIZE`) makes 0/1 cells
+    like the real rolls, with straight-through gradients (forward: the 0/1 cells; backward: the
+    identity): "threshold" sounds a cell above 0.5; "sample" sounds it with its probability (drawn
+    from ``rng``), so a cell the generator is unsure of is a coin flip that the discriminator sees;
+    "none" shows the probabilities."""
+    if binarize != "none":
+        cut = 0.5 if binarize == "threshold" else torch.rand(probs.shape, device=probs.device, generator=rng)
+        probs = probs + ((probs > cut).to(probs.dtype) - probs).detach()
     return as_decoded(probs) if encoding == "onset" else probs
 
 

@@ -36,7 +36,7 @@ from apollo.device import DEVICES, PRECISIONS, choose_precision, resolve_device,
 from apollo.errors import ApolloError
 from apollo.io import write_json
 from apollo.key import move_histogram
-from apollo.losses import LOSSES
+from apollo.losses import BINARIZE, LOSSES
 from apollo.model import PRESETS, Discriminator, Generator, ModelConfig
 from apollo.roll import ENCODINGS
 from apollo.runs import (RunLog, evaluate, find_run, generate_rolls, migrate_train_config, new_run_dir,
@@ -74,7 +74,9 @@ class TrainConfig:
     gp_weight: float = 10.0  # wgan-gp only
     label_smoothing: float = 0.0  # bce only: real examples are labelled 1 - label_smoothing
     instance_noise: float = 0.0  # std of the Gaussian noise added to everything the discriminator sees
-    binarize: bool = True  # D sees fakes thresholded at 0.5 (straight-through gradients), as real rolls are binary
+    # D sees 0/1 fakes, as real rolls are: "threshold" (at 0.5) or "sample" (each cell sounds with its
+    # probability), straight-through; or "none", the probabilities (apollo.losses.as_judged).
+    binarize: str = "threshold"
     augment_transpose: int = 0  # D sees real and fake rolls moved by random -N..N semitones (0: off)
     augment_shift: int = 16  # D sees real and fake rolls moved by random -N..N steps in time (0: off)
     # ... in whole beats, so that D still sees where the beats fall: moved by any number of steps,
@@ -116,6 +118,12 @@ class TrainConfig:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)} or auto, got {self.preset!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        # Runs and commands from before "sample" said true or false.
+        legacy = {True: "threshold", "true": "threshold", False: "none", "false": "none"}
+        if isinstance(self.binarize, bool) or self.binarize in ("true", "false"):
+            object.__setattr__(self, "binarize", legacy[self.binarize])
+        if self.binarize not in BINARIZE:
+            raise ValueError(f"binarize must be one of {', '.join(BINARIZE)}, got {self.binarize!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "log_every"):

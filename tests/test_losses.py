@@ -45,3 +45,21 @@ def test_the_discriminator_sees_generated_planes_as_they_decode(data):
     assert not torch.equal(decoded, noise)  # stray onsets and onset-less starts were there
     for planes_in, planes_out in zip(noise, decoded):
         assert np.array_equal(PianoRoll.decode(planes_in.numpy()).encode("onset"), planes_out.numpy().astype(bool))
+
+
+def test_binarized_fakes_are_0_1_with_straight_through_gradients():
+    """Thresholded, a cell at 0.55 always sounds; sampled, it sounds about 55 % of the time, so the
+    discriminator sees what the generator leaves undecided. Both pass gradients through unchanged."""
+    probs = torch.full((64, 1, 64, 256), 0.55, requires_grad=True)
+    thresholded = losses.as_judged(probs, "threshold", "pianoroll")
+    sampled = losses.as_judged(probs, "sample", "pianoroll", torch.Generator().manual_seed(0))
+    assert torch.equal(thresholded, torch.ones_like(probs))
+    assert set(sampled.unique().tolist()) == {0.0, 1.0}
+    assert abs(sampled.mean().item() - 0.55) < 0.01
+    again = losses.as_judged(probs, "sample", "pianoroll", torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, again)  # drawn from the step's generator: a resumed run repeats it
+    (sampled * torch.arange(256.0)).sum().backward()
+    assert torch.equal(probs.grad[0, 0, 0], torch.arange(256.0))
+    sure = torch.tensor([0.0, 1.0, 0.02, 0.98]).repeat(1000)
+    assert torch.equal(losses.as_judged(sure, "sample", "pianoroll", torch.Generator().manual_seed(1))[:2], sure[:2])
+    assert torch.equal(losses.as_judged(probs, "none", "pianoroll"), probs)

@@ -134,9 +134,10 @@ def test_the_checkpoint_alone_rebuilds_the_generator(data, tmp_path):
     assert rolls.shape == (3, 2, 64, 256) and 0 <= rolls.min() and rolls.max() <= 1
 
 
-def test_n_steps_resume_n_steps_equals_2n_steps_bit_for_bit(data, tmp_path):
-    once = train(TrainConfig(steps=6, **TINY), data=data, run=tmp_path / "once", progress=False)
-    half = train(TrainConfig(steps=3, **TINY), data=data, run=tmp_path / "half", progress=False)
+@pytest.mark.parametrize("binarize", ["threshold", "sample"])
+def test_n_steps_resume_n_steps_equals_2n_steps_bit_for_bit(data, tmp_path, binarize):
+    once = train(TrainConfig(steps=6, binarize=binarize, **TINY), data=data, run=tmp_path / "once", progress=False)
+    half = train(TrainConfig(steps=3, binarize=binarize, **TINY), data=data, run=tmp_path / "half", progress=False)
     again = train(TrainConfig(steps=6), resume=half, progress=False)
     assert again == half
     assert_identical(weights(once / "checkpoints" / "last.pt"), weights(half / "checkpoints" / "last.pt"))
@@ -405,6 +406,7 @@ def test_a_run_saved_by_an_earlier_apollo_still_resumes_and_generates(chorale_di
     (run / "checkpoints").mkdir(parents=True)
     save_checkpoint(run / "checkpoints" / "last.pt", {**state, "data": str(data)})  # the dataset lives elsewhere here
     assert saved_train_config(run / "checkpoints" / "last.pt").terms == {"diversity": 1.0, "texture": 2.0}
+    assert saved_train_config(run / "checkpoints" / "last.pt").binarize == "threshold"  # saved as true
     train(TrainConfig(steps=3), resume=run, progress=False)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
     result = CliRunner().invoke(cli, ["generate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--seed", "1",
