@@ -68,15 +68,19 @@ def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Gen
     return torch.gather(rolls, dim, index) * inside
 
 
-def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Generator | None = None) -> torch.Tensor:
+def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Generator | None = None,
+              width: float = 0.5) -> torch.Tensor:
     """Generated probabilities as the discriminator judges them, and, for the onset encoding, read
     as the decoder reads them (:func:`as_decoded`). ``binarize`` (:data:`BINARIZE`) makes 0/1 cells
     like the real rolls, with straight-through gradients (forward: the 0/1 cells; backward: the
-    identity): "threshold" sounds a cell above 0.5; "sample" sounds it with its probability (drawn
-    from ``rng``), so a cell the generator is unsure of is a coin flip that the discriminator sees;
-    "none" shows the probabilities."""
+    identity): "threshold" sounds a cell above 0.5; "sample" sounds it above a threshold drawn for
+    each cell from 0.5 ± ``width`` (from ``rng``), so a cell left near 0.5 is a coin flip that the
+    discriminator sees (``width`` 0.5: each cell sounds with its probability); "none" shows the
+    probabilities."""
     if binarize != "none":
-        cut = 0.5 if binarize == "threshold" else torch.rand(probs.shape, device=probs.device, generator=rng)
+        cut = torch.full((), 0.5, device=probs.device)
+        if binarize == "sample":
+            cut = cut + width * (2 * torch.rand(probs.shape, device=probs.device, generator=rng) - 1)
         probs = probs + ((probs > cut).to(probs.dtype) - probs).detach()
     return as_decoded(probs) if encoding == "onset" else probs
 

@@ -74,9 +74,11 @@ class TrainConfig:
     gp_weight: float = 10.0  # wgan-gp only
     label_smoothing: float = 0.0  # bce only: real examples are labelled 1 - label_smoothing
     instance_noise: float = 0.0  # std of the Gaussian noise added to everything the discriminator sees
-    # D sees 0/1 fakes, as real rolls are: "threshold" (at 0.5) or "sample" (each cell sounds with its
-    # probability), straight-through; or "none", the probabilities (apollo.losses.as_judged).
+    # D sees 0/1 fakes, as real rolls are: "threshold" (at 0.5) or "sample" (above a threshold drawn
+    # per cell from 0.5 ± binarize_width), straight-through; or "none", the probabilities
+    # (apollo.losses.as_judged).
     binarize: str = "threshold"
+    binarize_width: float = 0.2  # "sample" only; 0.5: each cell sounds with its probability
     augment_transpose: int = 0  # D sees real and fake rolls moved by random -N..N semitones (0: off)
     augment_shift: int = 16  # D sees real and fake rolls moved by random -N..N steps in time (0: off)
     # ... in whole beats, so that D still sees where the beats fall: moved by any number of steps,
@@ -124,6 +126,8 @@ class TrainConfig:
             object.__setattr__(self, "binarize", legacy[self.binarize])
         if self.binarize not in BINARIZE:
             raise ValueError(f"binarize must be one of {', '.join(BINARIZE)}, got {self.binarize!r}")
+        if not 0 < self.binarize_width <= 0.5:
+            raise ValueError(f"binarize_width must be in (0, 0.5], got {self.binarize_width}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "log_every"):

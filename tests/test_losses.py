@@ -63,3 +63,7 @@ def test_binarized_fakes_are_0_1_with_straight_through_gradients():
     sure = torch.tensor([0.0, 1.0, 0.02, 0.98]).repeat(1000)
     assert torch.equal(losses.as_judged(sure, "sample", "pianoroll", torch.Generator().manual_seed(1))[:2], sure[:2])
     assert torch.equal(losses.as_judged(probs, "none", "pianoroll"), probs)
+    # A narrower draw: the threshold lies in 0.3..0.7, so only cells nearer 0.5 than 0.2 waver.
+    cells = torch.tensor([0.25, 0.55, 0.75]).repeat(20_000, 1)
+    narrow = losses.as_judged(cells, "sample", "pianoroll", torch.Generator().manual_seed(2), width=0.2).mean(0)
+    assert narrow[0] == 0 and narrow[2] == 1 and abs(narrow[1] - 0.625) < 0.01
