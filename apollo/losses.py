@@ -78,9 +78,9 @@ def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Gene
     discriminator sees (``width`` 0.5: each cell sounds with its probability); "none" shows the
     probabilities."""
     if binarize != "none":
-        cut = torch.full((), 0.5, device=probs.device)
+        cut = 0.5
         if binarize == "sample":
-            cut = cut + width * (2 * torch.rand(probs.shape, device=probs.device, generator=rng) - 1)
+            cut = 0.5 + width * (2 * torch.rand(probs.shape, device=probs.device, generator=rng) - 1)
         probs = probs + ((probs > cut).to(probs.dtype) - probs).detach()
     return as_decoded(probs) if encoding == "onset" else probs
 

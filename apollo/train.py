@@ -121,9 +121,8 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         # Runs and commands from before "sample" said true or false.
-        legacy = {True: "threshold", "true": "threshold", False: "none", "false": "none"}
-        if isinstance(self.binarize, bool) or self.binarize in ("true", "false"):
-            object.__setattr__(self, "binarize", legacy[self.binarize])
+        if self.binarize in (True, "true", False, "false"):
+            object.__setattr__(self, "binarize", "threshold" if self.binarize in (True, "true") else "none")
         if self.binarize not in BINARIZE:
             raise ValueError(f"binarize must be one of {', '.join(BINARIZE)}, got {self.binarize!r}")
         if not 0 < self.binarize_width <= 0.5:
