@@ -4,7 +4,8 @@ Generates ``--n`` pieces of ``--bars`` bars from a model (seeds 0..n-1, as ``apo
 N --seed S --ending none`` makes them) and counts, per piece, the silent bars *inside* it (between
 its first and its last sounding bar) and at its end, and the rests inside it: how many last more
 than ``--rest`` steps (per 1,000 bars) and the longest. The real row counts the same in every piece
-of the dataset's test split, read whole from its MIDI folder. Usage::
+of the dataset's test split (``--split val`` for the validation split, to choose by), read whole
+from its MIDI folder. Usage::
 
     python bench/long_pieces.py --checkpoint bundled --data datasets/bach-chorales --midi midi/bach-chorales
 
@@ -60,7 +61,9 @@ def summary(counts: list[tuple[int, int]], rest_lengths: list[np.ndarray], n_bar
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="bundled")
-    parser.add_argument("--data", required=True, type=Path, help="a dataset: its test pieces are the real row")
+    parser.add_argument("--data", required=True, type=Path, help="a dataset: its pieces of --split are the real row")
+    parser.add_argument("--split", default="test", choices=("val", "test"),
+                        help="the split of the real row: val to choose a model, test to report (default: test)")
     parser.add_argument("--midi", required=True, type=Path, help="the MIDI folder the dataset was made from")
     parser.add_argument("--bars", type=int, default=64)
     parser.add_argument("-n", type=int, default=20)
@@ -75,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             sample_cells(generator, args.bars * spec.steps_per_bar, list(range(args.n)), spec.temperature)]
     files = read_manifest(args.data)["files"]
     real = [PianoRoll.from_midi(args.midi / path, spec.grid)
-            for path, split in zip(files["path"], files["split"]) if split == "test"]
-    for name, rolls in ((f"model {args.checkpoint}, {args.bars} bars", made), ("real test pieces (whole, any length)", real)):
+            for path, split in zip(files["path"], files["split"]) if split == args.split]
+    for name, rolls in ((f"model {args.checkpoint}, {args.bars} bars", made),
+                        (f"real {args.split} pieces (whole, any length)", real)):
         n_bars = sum(roll.n_steps for roll in rolls) / spec.steps_per_bar
         print(f"{name}: {summary([silent_bars(r) for r in rolls], [rests(r) for r in rolls], n_bars, args.rest)}")
     return 0
