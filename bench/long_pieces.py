@@ -74,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 
     generator, spec = load_model(find_model(args.checkpoint))
     decoding = spec.decoding or Decoding()
-    made = [decoding.decode(cells, spec.encoding, spec.grid, spec.tempo) for cells in
-            sample_cells(generator, args.bars * spec.steps_per_bar, list(range(args.n)), spec.temperature)]
     files = read_manifest(args.data)["files"]
     real = [PianoRoll.from_midi(args.midi / path, spec.grid)
             for path, split in zip(files["path"], files["split"]) if split == args.split]
+    if not real:
+        raise ApolloError(f"{args.data}: no pieces in its {args.split} split to compare with (datasets made before "
+                          "the test split have none; make it again with `apollo preprocess`)")
+    made = [decoding.decode(cells, spec.encoding, spec.grid, spec.tempo) for cells in
+            sample_cells(generator, args.bars * spec.steps_per_bar, list(range(args.n)), spec.temperature)]
     for name, rolls in ((f"model {args.checkpoint}, {args.bars} bars", made),
                         (f"real {args.split} pieces (whole, any length)", real)):
         n_bars = sum(roll.n_steps for roll in rolls) / spec.steps_per_bar
@@ -91,3 +94,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except ApolloError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted; nothing was written")
