@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "TimeStream", "fold_octaves", "count_parameters",
-           "init_without_checkerboard"]
+__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "TimeStream", "fold_octaves",
+           "voice_motion", "count_parameters", "init_without_checkerboard"]
 
 NORMS = ("batch", "spectral", "layer", "none")
 PITCH_CLASSES = 12
 REFINE_KERNEL = (3, 5)  # pitches x steps of the generator's last layer with ModelConfig.refine
 OUTPUT_BIAS = -3.0  # initial logit of every cell: sigmoid(-3) = 0.047
+MOTION_REACH = 12  # semitones: the motion path tells steps of 0..12 apart, and anything wider as one
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ModelConfig:
     minibatch_std: int = 0  # D's group size for ProGAN's minibatch standard deviation feature (0: off)
     chroma: bool = False  # pitch-class paths: G picks a key per sample, D also sees the roll folded to 12 classes
     rhythm: bool = False  # D also sees how many pitches sound and start at each step, along time
+    motion: bool = False  # D also sees how far each starting note lies from the nearest note that just ended
     refine: bool = False  # G ends in a stride-1 convolution over neighbouring pitches and steps
     style: int = 0  # G reads this many numbers from the whole noise and gives them to every position (0: off)
     pitch_bias: bool = False  # G adds a learned bias per pitch row to its logits: which pitches sound at all
@@ -196,7 +198,8 @@ class Discriminator(nn.Module):
         # Views along time of the roll summed over some of its pitches (see TimeStream).
         self.chroma = TimeStream(PITCH_CLASSES, config) if config.chroma else None
         self.rhythm = TimeStream(config.roll_channels, config) if config.rhythm else None
-        streams = [stream for stream in (self.chroma, self.rhythm) if stream is not None]
+        self.motion = TimeStream(MOTION_REACH + 2, config) if config.motion else None
+        streams = [stream for stream in (self.chroma, self.rhythm, self.motion) if stream is not None]
         if streams:
             flat += sum(stream.n_features for stream in streams)
             dense[0] = nn.Linear(flat, hidden)
@@ -211,6 +214,9 @@ class Discriminator(nn.Module):
             features.append(self.chroma(fold_octaves(rolls[:, 0])))
         if self.rhythm is not None:
             features.append(self.rhythm(rolls.sum(dim=2)))
+        if self.motion is not None:
+            onsets = rolls[:, 1] if rolls.shape[1] > 1 else None  # "onset" encoding: plane 1
+            features.append(self.motion(voice_motion(rolls[:, 0], onsets)))
         return self.head(torch.cat(features, dim=1)).squeeze(1)
 
 
@@ -223,7 +229,8 @@ class TimeStream(nn.Module):
     octaves at once, which the 2-D path, a few semitones per kernel, learns slowly if at all.
     **Rhythm**: every plane summed over all pitches, how many pitches sound and how many start at
     each step. Where the onsets fall bar after bar, and how long the texture holds, are questions
-    about all voices at once too.
+    about all voices at once too. **Motion**: how far the notes that start at each step lie from
+    the notes that just ended (:func:`voice_motion`), which is how a voice moves.
     """
 
     def __init__(self, n_channels: int, config: ModelConfig) -> None:
@@ -249,6 +256,32 @@ def fold_octaves(cells: torch.Tensor) -> torch.Tensor:
     octaves = -(-n_pitches // PITCH_CLASSES)
     padded = nn.functional.pad(cells, (0, 0, 0, octaves * PITCH_CLASSES - n_pitches))
     return padded.reshape(n, octaves, PITCH_CLASSES, n_steps).sum(dim=1)
+
+
+def voice_motion(sounding: torch.Tensor, onsets: torch.Tensor | None = None, reach: int = MOTION_REACH) -> torch.Tensor:
+    """How voices move: [B, pitches, steps] -> [B, reach + 2, steps].
+
+    Channel ``d`` (0..reach) counts the notes starting at each step that lie within ``d`` semitones
+    of a note ending just before it (the successor in its voice of :mod:`apollo.metrics`, as a
+    cumulative count over the step's size); the last channel counts every note starting there.
+    A note ends before step ``t`` where it sounds at ``t - 1`` and does not go on sounding at ``t``
+    without a new onset. Without an onset plane, a note starts where a row begins to sound.
+
+    The 2-D path sees a few semitones per kernel and mixes a chord's voices with their moves; the
+    same counts for every step let the discriminator compare the sizes of steps directly, so that a
+    generator whose voices leap is easier to tell from one whose voices move by step.
+    """
+    previous = nn.functional.pad(sounding, (1, 0))[..., :-1]  # what sounded one step earlier
+    if onsets is None:
+        onsets = sounding * (1 - previous)
+    ended = previous * (1 - sounding + onsets).clamp(max=1)
+    counts = []
+    for d in range(reach + 1):
+        # A max over the pitches within d of each row: is any note ending there?
+        near = nn.functional.max_pool2d(ended[:, None], (2 * d + 1, 1), stride=1, padding=(d, 0))[:, 0]
+        counts.append((onsets * near).sum(dim=1))
+    counts.append(onsets.sum(dim=1))
+    return torch.stack(counts, dim=1)
 
 
 class MinibatchStd(nn.Module):

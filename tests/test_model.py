@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from apollo.model import PRESETS, Discriminator, Generator, MinibatchStd, ModelConfig, count_parameters, fold_octaves
+from apollo.model import (MOTION_REACH, PRESETS, Discriminator, Generator, MinibatchStd, ModelConfig, count_parameters,
+                          fold_octaves, voice_motion)
 
 
 def test_apollo_preset_has_apollogans_sizes():
@@ -143,6 +144,43 @@ def test_rhythm_path_sees_when_pitches_sound_and_start_whatever_the_pitches():
     with_rhythm = {k: v.shape for k, v in d.state_dict().items() if not k.startswith("rhythm.")}
     changed = {k for k in plain if plain[k] != with_rhythm[k]}
     assert plain.keys() == with_rhythm.keys() and changed and all(k.startswith("head.0.") for k in changed)
+
+
+def test_voice_motion_counts_each_start_by_its_distance_from_the_note_that_just_ended():
+    sounding, onsets = torch.zeros(1, 64, 8), torch.zeros(1, 64, 8)
+    def note(pitch, start, end):
+        sounding[0, pitch, start:end], onsets[0, pitch, start] = 1, 1
+    note(10, 0, 4), note(12, 4, 8)  # a voice that steps up a tone at step 4
+    note(30, 0, 8)  # a voice that holds: it ends nowhere, so no start is near it
+    note(40, 2, 4), note(40, 4, 6)  # a repeated note: a step of 0
+    note(60, 4, 8)  # a voice that enters: far from every ending note
+    motion = voice_motion(sounding, onsets)
+    assert motion.shape == (1, MOTION_REACH + 2, 8)
+    # At step 4: four starts in all; within 0 semitones the repeat, within 2 also the tone.
+    assert motion[0, :, 4].tolist() == [1, 1] + [2] * (MOTION_REACH - 1) + [3]
+    assert motion[0, -1, 0] == 2 and motion[0, :-1, 0].sum() == 0  # nothing ended before step 0
+    # Without the onset plane the repeated note is one long note: only the tone's step is left.
+    assert voice_motion(sounding)[0, :, 4].tolist() == [0, 0] + [1] * (MOTION_REACH - 1) + [2]
+
+
+def test_motion_path_tells_a_leap_from_a_step_and_changes_only_the_dense_input():
+    config = ModelConfig(width=8, motion=True)
+    d = Discriminator(config).eval()
+    def line(steps):  # one voice: a note every 16 steps, each `step` semitones above the last
+        roll = torch.zeros(1, 2, 64, 256)
+        for i in range(16):
+            pitch = 20 + (i * steps) % 24
+            roll[0, 0, pitch, 16 * i:16 * i + 16], roll[0, 1, pitch, 16 * i] = 1, 1
+        return roll
+    with torch.no_grad():
+        by_step, by_leap = d.motion(voice_motion(line(2)[:, 0], line(2)[:, 1])), d.motion(voice_motion(line(7)[:, 0], line(7)[:, 1]))
+        assert not torch.allclose(by_step, by_leap)
+        assert d(torch.cat([line(2), line(7)])).shape == (2,)
+    plain = {k: v.shape for k, v in Discriminator(ModelConfig(width=8)).state_dict().items()}
+    with_motion = {k: v.shape for k, v in d.state_dict().items() if not k.startswith("motion.")}
+    changed = {k for k in plain if plain[k] != with_motion[k]}
+    assert plain.keys() == with_motion.keys() and changed and all(k.startswith("head.0.") for k in changed)
+    assert Discriminator(ModelConfig(width=8)).motion is None  # off by default: older checkpoints load
 
 
 def test_style_numbers_carry_one_noise_position_to_the_whole_piece():
