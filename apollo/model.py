@@ -274,11 +274,11 @@ def voice_motion(sounding: torch.Tensor, onsets: torch.Tensor | None = None, rea
     previous = nn.functional.pad(sounding, (1, 0))[..., :-1]  # what sounded one step earlier
     if onsets is None:
         onsets = sounding * (1 - previous)
-    ended = previous * (1 - sounding + onsets).clamp(max=1)
-    counts = []
-    for d in range(reach + 1):
-        # A max over the pitches within d of each row: is any note ending there?
-        near = nn.functional.max_pool2d(ended[:, None], (2 * d + 1, 1), stride=1, padding=(d, 0))[:, 0]
+    near = previous * (1 - sounding + onsets).clamp(max=1)  # a note ends here
+    counts = [(onsets * near).sum(dim=1)]
+    for _ in range(reach):
+        # Widened by a semitone each way: is any note ending within one more semitone of each row?
+        near = nn.functional.max_pool2d(near[:, None], (3, 1), stride=1, padding=(1, 0))[:, 0]
         counts.append((onsets * near).sum(dim=1))
     counts.append(onsets.sum(dim=1))
     return torch.stack(counts, dim=1)
