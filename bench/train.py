@@ -4,6 +4,7 @@
     python bench/train.py                          # small preset on this machine's default device
     python bench/train.py --preset apollo --steps 6
     python bench/train.py --variants               # also the NCHW memory layout
+    python bench/train.py --motion --no-trainer    # the step with the discriminator's motion path
     python bench/train.py --device cuda --preset apollo --batch-size 256
     python bench/train.py --plot runs/NAME docs/img/losses.png   # a run's curves, for the docs
 
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", action="store_true", help="also time the NCHW memory layout")
     parser.add_argument("--no-trainer", action="store_true", help="time the step only, not apollo train around it")
+    parser.add_argument("--motion", action="store_true", help="with the discriminator's motion path (TrainConfig.motion)")
     parser.add_argument("--plot", nargs=2, type=Path, metavar=("RUN", "PNG"), help="plot a run's curves instead")
     args = parser.parse_args()
     if args.plot:
@@ -151,7 +153,8 @@ def main() -> None:
 
     device = resolve_device(args.device)
     data = args.data or find_latest_dataset()
-    config, why = settle(TrainConfig(preset=args.preset, device=args.device, batch_size=args.batch_size), device)
+    config, why = settle(TrainConfig(preset=args.preset, device=args.device, batch_size=args.batch_size,
+                                        motion=args.motion), device)
     dataset = RollDataset(data)
     model_config, encoding = model_config_for(config, dataset), dataset.config.encoding
     beat = dataset.config.grid.steps_per_beat
@@ -159,7 +162,7 @@ def main() -> None:
         where = f"{torch.get_num_threads()} threads, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
     else:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    print(f"{config.preset} preset, batch {config.batch_size}, {device.type} ({where}), torch {torch.__version__}")
+    print(f"{config.preset} preset{', motion path' if config.motion else ''}, batch {config.batch_size}, {device.type} ({where}), torch {torch.__version__}")
     print(f"auto chooses {config.precision} ({why})")
 
     layouts = (True, False) if args.variants else (True,)
