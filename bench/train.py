@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.dataset import RollDataset, find_latest_dataset
 from apollo.distributed import World
 from apollo.device import cpu_has_native_bf16, resolve_device
+from apollo.errors import ApolloError
 from apollo.model import ModelConfig
 from apollo.runs import evaluate, generate_rolls, write_samples
 from apollo.step import TrainingStep
@@ -205,4 +207,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ApolloError as error:  # a missing or unfinished dataset, say: one line, as apollo's own commands
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
