@@ -135,6 +135,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.steps is not None and self.steps < 0 or self.minutes is not None and self.minutes < 0:
             raise ValueError("steps and minutes must not be negative")
+        if not 0 <= self.ema < 1:  # a decay of 1 or more never follows the generator; below 0 it diverges
+            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         try:

@@ -293,6 +293,7 @@ def test_the_command_line(data, tmp_path, monkeypatch):
         ([*args, "--run-dir", str(tmp_path / "run")], "already exists"),  # --run's name under torchrun
         (["train", "--data", str(tmp_path / "nothing")], "not a finished dataset"),
         (["train", "--resume", str(tmp_path / "nope")], "no run to resume"),
+        ([*args, "--set", "ema=1.5", "--run", str(tmp_path / "ema")], "ema must be in [0, 1)"),
     ):
         result = runner.invoke(cli, bad)
         assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
