@@ -10,6 +10,7 @@ number: that is what makes resuming exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from apollo.losses import (R1_EVERY, as_judged, discriminator_loss, generator_lo
                            shift_randomly)
 from apollo.terms import TERMS, Batch
 
-__all__ = ["Networks", "TrainingStep", "SequenceNetworks", "SequenceStep", "update_ema", "grad_norm"]
+__all__ = ["Networks", "TrainingStep", "SequenceNetworks", "SequenceStep", "update_ema", "grad_norm", "lr_scale"]
 
 STATS = ("d_loss", "g_loss", "d_real", "d_fake", "penalty")  # what every step reports, then its terms
 CLIP = 1.0  # a sequence model's gradient norm is clipped to this: recurrent nets' gradients can explode
@@ -29,6 +30,21 @@ CLIP = 1.0  # a sequence model's gradient norm is clipped to this: recurrent net
 def step_seed(seed: int, rank: int, step: int) -> int:
     """The seed of everything random in one step of one process."""
     return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % 2**63
+
+
+def lr_scale(step: int, decay_steps: int, floor: float) -> float:
+    """The share of the configured learning rates that step ``step`` trains with: 1 without decay
+    (``decay_steps`` 0); else half a cosine from 1 at step 0 down to ``floor`` at ``decay_steps``,
+    and ``floor`` after (nanoGPT's schedule, without its warm-up)."""
+    if not decay_steps:
+        return 1.0
+    done = min(step / decay_steps, 1.0)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 @torch.no_grad()
@@ -129,6 +145,9 @@ class TrainingStep:
         config, kind, layout, autocast = self.config, self.config.loss, self.layout, self.autocast
         n_critic = config.n_critic
         self.rng.manual_seed(step_seed(config.seed, self.rank, step))
+        scale = lr_scale(step, config.lr_decay_steps, config.lr_floor)
+        set_lr(self.g_opt, config.lr * scale)
+        set_lr(self.d_opt, config.d_lr * scale)
 
         # Discriminator: n_critic updates, each on a fresh real batch against fresh fakes.
         for k in range(n_critic):
@@ -237,6 +256,7 @@ class SequenceStep:
     def __call__(self, step: int, real_batch: Callable[[int], torch.Tensor], measure_norms: bool = False) -> torch.Tensor:
         networks = self.networks
         torch.manual_seed(step_seed(self.config.seed, self.rank, step))
+        set_lr(networks.g_opt, self.config.lr * lr_scale(step, self.config.lr_decay_steps, self.config.lr_floor))
         real = real_batch(step)
         with self.autocast:
             loss = networks.G.loss(real)
