@@ -19,6 +19,7 @@ from apollo.dataset import DatasetConfig, RollDataset
 from apollo.errors import ApolloError
 from apollo.model import PRESETS, Discriminator, ModelConfig
 from apollo.preprocess import preprocess
+from apollo.step import lr_scale
 from apollo.terms import TERMS
 from apollo.train import TrainConfig, latest_checkpoint, saved_train_config, train
 
@@ -294,6 +295,7 @@ def test_the_command_line(data, tmp_path, monkeypatch):
         (["train", "--data", str(tmp_path / "nothing")], "not a finished dataset"),
         (["train", "--resume", str(tmp_path / "nope")], "no run to resume"),
         ([*args, "--set", "ema=1.5", "--run", str(tmp_path / "ema")], "ema must be in [0, 1)"),
+        ([*args, "--set", "lr_floor=2", "--run", str(tmp_path / "floor")], "lr_floor in [0, 1]"),
     ):
         result = runner.invoke(cli, bad)
         assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
@@ -334,6 +336,23 @@ def test_r1_and_the_moving_average_train_resume_exactly_and_sample(data, tmp_pat
     assert_identical(dict(generator.state_dict()), a["generator_ema"])
     penalties = [json.loads(x)["penalty"] for x in (once / "metrics.jsonl").read_text().splitlines() if "d_loss" in x]
     assert penalties and all(p >= 0 for p in penalties) and max(penalties) > 0
+
+
+def test_falling_learning_rates_reach_their_floor_and_resume_exactly(data, tmp_path):
+    assert [lr_scale(step, 4, 0.25) for step in (0, 2, 4, 9)] == pytest.approx([1.0, 0.625, 0.25, 0.25])
+    assert lr_scale(7, 0, 0.25) == 1.0  # 0: constant rates
+    settings = dict(lr_decay_steps=4, lr_floor=0.25, **TINY)
+    once = train(TrainConfig(steps=6, **settings), data=data, run=tmp_path / "once", progress=False)
+    half = train(TrainConfig(steps=3, **settings), data=data, run=tmp_path / "half", progress=False)
+    train(TrainConfig(steps=6), resume=half, progress=False)
+    assert_identical(weights(once / "checkpoints" / "last.pt"), weights(half / "checkpoints" / "last.pt"))
+    state = load_checkpoint(once / "checkpoints" / "last.pt")
+    defaults = TrainConfig()
+    assert state["g_optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.25 * defaults.lr)
+    assert state["d_optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.25 * defaults.d_lr)
+    constant = train(TrainConfig(steps=6, **TINY), data=data, run=tmp_path / "constant", progress=False)
+    trained = load_checkpoint(constant / "checkpoints" / "last.pt")["generator"]
+    assert not all(torch.equal(trained[k], state["generator"][k]) for k in trained)
 
 
 def test_a_run_saved_before_r1_ema_shift_and_the_term_registry_resumes_as_it_trained(data, tmp_path):
