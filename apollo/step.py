@@ -32,13 +32,13 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return ((seed * 1_000_003 + rank) * 1_000_000_007 + step) % 2**63
 
 
-def lr_scale(step: int, decay_steps: int, floor: float) -> float:
+def lr_scale(step: int, decay_steps: int, floor: float, start: int = 0) -> float:
     """The share of the configured learning rates that step ``step`` trains with: 1 without decay
-    (``decay_steps`` 0); else half a cosine from 1 at step 0 down to ``floor`` at ``decay_steps``,
-    and ``floor`` after (nanoGPT's schedule, without its warm-up)."""
+    (``decay_steps`` 0); else 1 until step ``start``, then half a cosine down to ``floor`` at
+    ``decay_steps``, and ``floor`` after (nanoGPT's schedule, without its warm-up)."""
     if not decay_steps:
         return 1.0
-    done = min(step / decay_steps, 1.0)
+    done = min(max(step - start, 0) / (decay_steps - start), 1.0)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
 
 
@@ -145,7 +145,7 @@ class TrainingStep:
         config, kind, layout, autocast = self.config, self.config.loss, self.layout, self.autocast
         n_critic = config.n_critic
         self.rng.manual_seed(step_seed(config.seed, self.rank, step))
-        scale = lr_scale(step, config.lr_decay_steps, config.lr_floor)
+        scale = lr_scale(step, config.lr_decay_steps, config.lr_floor, config.lr_decay_start)
         set_lr(self.g_opt, config.lr * scale)
         set_lr(self.d_opt, config.d_lr * scale)
 
@@ -256,7 +256,8 @@ class SequenceStep:
     def __call__(self, step: int, real_batch: Callable[[int], torch.Tensor], measure_norms: bool = False) -> torch.Tensor:
         networks = self.networks
         torch.manual_seed(step_seed(self.config.seed, self.rank, step))
-        set_lr(networks.g_opt, self.config.lr * lr_scale(step, self.config.lr_decay_steps, self.config.lr_floor))
+        config = self.config
+        set_lr(networks.g_opt, config.lr * lr_scale(step, config.lr_decay_steps, config.lr_floor, config.lr_decay_start))
         real = real_batch(step)
         with self.autocast:
             loss = networks.G.loss(real)

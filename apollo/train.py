@@ -60,7 +60,7 @@ class TrainConfig:
     model: str = "dcgan"  # the model family: "dcgan", "lstm", "gru" or "transformer" (apollo.sequence)
     preset: str = "auto"  # model size: "apollo", "small", or "auto" (small on CPU, apollo on CUDA)
     # A sequence family learns by likelihood: of the settings below it uses batch_size, lr, betas,
-    # lr_decay_steps, lr_floor, ema, seed and those after pitch_bias; the others shape the DCGAN's game.
+    # lr_decay_*, lr_floor, ema, seed and those after pitch_bias; the others shape the DCGAN's game.
     loss: str = "bce"  # "bce" (non-saturating), "wgan-gp" or "hinge"
     steps: int | None = None  # generator updates in all (kept on resume); neither this nor minutes: 20 min
     minutes: float | None = None  # wall-clock budget of this session; with steps, whichever ends first
@@ -70,9 +70,11 @@ class TrainConfig:
     lr: float = 4e-4  # generator learning rate
     d_lr: float = 1e-4  # discriminator learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # Adam, as in DCGAN
-    # Both rates fall along half a cosine to lr_floor of themselves by step lr_decay_steps (counted
-    # from the first step, also when resuming or fine-tuning) and stay there (0: constant rates).
+    # Both rates hold until step lr_decay_start, fall along half a cosine to lr_floor of themselves
+    # by step lr_decay_steps and stay there (0: constant rates). Steps count from the run's first,
+    # also when resuming or fine-tuning.
     lr_decay_steps: int = 0
+    lr_decay_start: int = 0
     lr_floor: float = 0.1
     n_critic: int | None = None  # discriminator updates per generator update (None: 5 for wgan-gp, else 1)
     gp_weight: float = 10.0  # wgan-gp only
@@ -142,6 +144,8 @@ class TrainConfig:
         if self.lr_decay_steps < 0 or not 0 <= self.lr_floor <= 1:
             raise ValueError(f"lr_decay_steps must be at least 0 and lr_floor in [0, 1], got "
                              f"{self.lr_decay_steps} and {self.lr_floor}")
+        if self.lr_decay_steps and not 0 <= self.lr_decay_start < self.lr_decay_steps:
+            raise ValueError(f"lr_decay_start must be in [0, lr_decay_steps), got {self.lr_decay_start}")
         if not 0 <= self.ema < 1:  # a decay of 1 or more never follows the generator; below 0 it diverges
             raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):

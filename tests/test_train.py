@@ -296,6 +296,8 @@ def test_the_command_line(data, tmp_path, monkeypatch):
         (["train", "--resume", str(tmp_path / "nope")], "no run to resume"),
         ([*args, "--set", "ema=1.5", "--run", str(tmp_path / "ema")], "ema must be in [0, 1)"),
         ([*args, "--set", "lr_floor=2", "--run", str(tmp_path / "floor")], "lr_floor in [0, 1]"),
+        ([*args, "--set", "lr_decay_steps=4", "--set", "lr_decay_start=4", "--run", str(tmp_path / "start")],
+         "lr_decay_start must be in [0, lr_decay_steps)"),
     ):
         result = runner.invoke(cli, bad)
         assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
@@ -341,6 +343,7 @@ def test_r1_and_the_moving_average_train_resume_exactly_and_sample(data, tmp_pat
 def test_falling_learning_rates_reach_their_floor_and_resume_exactly(data, tmp_path):
     assert [lr_scale(step, 4, 0.25) for step in (0, 2, 4, 9)] == pytest.approx([1.0, 0.625, 0.25, 0.25])
     assert lr_scale(7, 0, 0.25) == 1.0  # 0: constant rates
+    assert [lr_scale(step, 6, 0.25, start=2) for step in (0, 2, 4, 6)] == pytest.approx([1.0, 1.0, 0.625, 0.25])
     settings = dict(lr_decay_steps=4, lr_floor=0.25, **TINY)
     once = train(TrainConfig(steps=6, **settings), data=data, run=tmp_path / "once", progress=False)
     half = train(TrainConfig(steps=3, **settings), data=data, run=tmp_path / "half", progress=False)
