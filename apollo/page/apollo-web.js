@@ -342,22 +342,28 @@
     app.playStep = Math.max(0, stepAt(now));
     const until = stepAt(now + HORIZON_MS);
     const notes = app.notes, seq = app.sequencer;
-    // note-offs first: a note struck again where the last one ends gets its note-off, then its
-    // note-on, at the same tick, in that order
-    while (app.nextOff < notes.ended.length && notes.ended[app.nextOff].end < until) {
-      const n = notes.ended[app.nextOff++];
-      // after its note-on even when the tempo rose in between, so that no note is left hanging
-      if (n.onTick === undefined || n.offTick !== undefined) continue;  // never struck, or already sent
-      n.offTick = Math.max(Math.round(tickAt(n.end)), n.onTick + 1);
-      seq.sendEventAt({ type: "noteoff", channel: 0, key: n.pitch }, n.offTick, true);
-      sent(0, n.pitch, n.offTick);
-    }
-    while (app.nextOn < notes.all.length && notes.all[app.nextOn].start < until) {
-      const n = notes.all[app.nextOn++];
-      if (n.start < app.anchorStep || n.onTick !== undefined) continue;  // began before Play, or already sent
-      n.onTick = Math.round(tickAt(n.start));
-      seq.sendEventAt({ type: "noteon", channel: 0, key: n.pitch, vel: VELOCITY }, n.onTick, true);
-      sent(1, n.pitch, n.onTick);
+    // Note-ons and note-offs in the order of their steps, so that a short note that starts and ends
+    // inside one run (a late run covers many steps) is struck before it is ended; at the same step
+    // the note-off first, so that a note struck again where the last one ends is ended, then struck.
+    for (;;) {
+      const off = app.nextOff < notes.ended.length && notes.ended[app.nextOff].end < until ? notes.ended[app.nextOff] : null;
+      const on = app.nextOn < notes.all.length && notes.all[app.nextOn].start < until ? notes.all[app.nextOn] : null;
+      if (off && (!on || off.end <= on.start)) {
+        app.nextOff++;
+        // after its note-on even when the tempo rose in between, so that no note is left hanging
+        if (off.onTick === undefined || off.offTick !== undefined) continue;  // never struck, or already sent
+        off.offTick = Math.max(Math.round(tickAt(off.end)), off.onTick + 1);
+        seq.sendEventAt({ type: "noteoff", channel: 0, key: off.pitch }, off.offTick, true);
+        sent(0, off.pitch, off.offTick);
+      } else if (on) {
+        app.nextOn++;
+        if (on.start < app.anchorStep || on.onTick !== undefined) continue;  // began before Play, or already sent
+        on.onTick = Math.round(tickAt(on.start));
+        seq.sendEventAt({ type: "noteon", channel: 0, key: on.pitch, vel: VELOCITY }, on.onTick, true);
+        sent(1, on.pitch, on.onTick);
+      } else {
+        break;
+      }
     }
     app.scheduledUntil = Math.max(app.scheduledUntil, until);
     for (const step of app.columns.keys()) if (step < app.playStep - 512) app.columns.delete(step);
@@ -546,6 +552,9 @@
     ready: Boolean(app.ready), playing: app.playing, audio: app.audio ? app.audio.state : null,
     seed: app.seed, generatedSteps: app.notes ? app.notes.steps : 0, playStep: app.playStep,
     notes: app.notes ? app.notes.all.length : 0, scheduled: app.nextOn, status: $("status").textContent,
+    // struck notes whose end has been scheduled and that got no note-off: notes left sounding
+    hanging: app.notes ? app.notes.ended.filter((n) => n.end < app.scheduledUntil && n.onTick !== undefined
+      && n.offTick === undefined).length : 0,
   });
   window.apolloSent = () => app.sent;
   window.apolloMidi = () => Array.from(midiFile(app.notes.all, Math.floor(app.playStep), app.spec.grid.steps_per_beat, app.tempo, app.program));
