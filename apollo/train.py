@@ -259,9 +259,9 @@ def build_networks(config: TrainConfig, model_config: ModelConfig, state: dict |
             d_opt.load_state_dict(state["d_optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise ApolloError(f"the checkpoint does not fit its model config ({str(error)[:200]})") from None
-        for optimizer, lr in ((g_opt, config.lr), (d_opt, config.d_lr)):  # a fine-tune may ask for other rates
+        for optimizer in (g_opt, d_opt):  # a fine-tune may ask for other betas (each step sets the rates)
             for group in optimizer.param_groups:
-                group.update(lr=lr, betas=config.betas)
+                group.update(betas=config.betas)
         if isinstance(state.get("torch_rng"), torch.Tensor):
             torch.set_rng_state(state["torch_rng"])
     # The moving average of G's weights is what samples, is evaluated and is exported: it smooths
@@ -292,7 +292,7 @@ def build_sequence_networks(config: TrainConfig, model_config: SequenceConfig, s
         except (RuntimeError, ValueError, KeyError) as error:
             raise ApolloError(f"the checkpoint does not fit its model config ({str(error)[:200]})") from None
         for group in optimizer.param_groups:
-            group.update(lr=config.lr, betas=config.betas)
+            group.update(betas=config.betas)  # each step sets the rate
         if isinstance(state.get("torch_rng"), torch.Tensor):
             torch.set_rng_state(state["torch_rng"])
     average = copy.deepcopy(model).requires_grad_(False) if config.ema else None
