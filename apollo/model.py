@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "TimeStream", "fold_octaves",
-           "voice_motion", "count_parameters", "init_without_checkerboard"]
+__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "MinibatchNearest", "TimeStream",
+           "fold_octaves", "voice_motion", "pair_overlap", "count_parameters", "init_without_checkerboard"]
 
 NORMS = ("batch", "spectral", "layer", "none")
 PITCH_CLASSES = 12
@@ -49,6 +49,7 @@ class ModelConfig:
     generator_norm: str = "layer"  # "layer" (per sample: same in training and sampling), "batch" or "none"
     discriminator_norm: str = "spectral"  # "spectral", "batch", "layer" or "none" (WGAN-GP: not "batch")
     minibatch_std: int = 0  # D's group size for ProGAN's minibatch standard deviation feature (0: off)
+    nearest: int = 0  # D's group size for the overlap of each roll with its nearest neighbour in the group (0: off)
     chroma: bool = False  # pitch-class paths: G picks a key per sample, D also sees the roll folded to 12 classes
     rhythm: bool = False  # D also sees how many pitches sound and start at each step, along time
     motion: bool = False  # D also sees how far each starting note lies from the nearest note that just ended
@@ -65,8 +66,8 @@ class ModelConfig:
             )
         if self.n_layers < 2:
             raise ValueError("n_layers must be at least 2")
-        if self.minibatch_std < 0:
-            raise ValueError("minibatch_std must be a group size (0: off)")
+        if self.minibatch_std < 0 or self.nearest < 0:
+            raise ValueError("minibatch_std and nearest must be group sizes (0: off)")
         if self.style < 0:
             raise ValueError("style must be a number of channels (0: off)")
         if self.kernel % 2:
@@ -199,9 +200,11 @@ class Discriminator(nn.Module):
         self.chroma = TimeStream(PITCH_CLASSES, config) if config.chroma else None
         self.rhythm = TimeStream(config.roll_channels, config) if config.rhythm else None
         self.motion = TimeStream(MOTION_REACH + 2, config) if config.motion else None
+        # How near each roll's nearest neighbour in the batch lies (MinibatchNearest): one number.
+        self.nearest = MinibatchNearest(config.nearest) if config.nearest else None
         streams = [stream for stream in (self.chroma, self.rhythm, self.motion) if stream is not None]
-        if streams:
-            flat += sum(stream.n_features for stream in streams)
+        if streams or self.nearest is not None:
+            flat += sum(stream.n_features for stream in streams) + (self.nearest is not None)
             dense[0] = nn.Linear(flat, hidden)
             if norm == "spectral":
                 dense[0] = nn.utils.parametrizations.spectral_norm(dense[0])
@@ -217,6 +220,8 @@ class Discriminator(nn.Module):
         if self.motion is not None:
             onsets = rolls[:, 1] if rolls.shape[1] > 1 else None  # "onset" encoding: plane 1
             features.append(self.motion(voice_motion(rolls[:, 0], onsets)))
+        if self.nearest is not None:
+            features.append(self.nearest(rolls).to(features[0].dtype))
         return self.head(torch.cat(features, dim=1)).squeeze(1)
 
 
@@ -303,6 +308,40 @@ class MinibatchStd(nn.Module):
         spread = x.float().reshape(n // group, group, -1).var(dim=1, unbiased=False).add(1e-8).sqrt().mean(dim=1)
         feature = spread.repeat_interleave(group).reshape(n, 1, 1, 1).expand(n, 1, height, width)
         return torch.cat([x, feature.to(x.dtype).contiguous(memory_format=_layout(x))], dim=1)
+
+
+class MinibatchNearest(nn.Module):
+    """How much each roll overlaps its nearest neighbour among the ``group`` consecutive rolls it
+    is judged with: [B, planes, pitches, steps] -> [B, 1], the largest :func:`pair_overlap` of its
+    sounding cells with another roll of the group.
+
+    Real pieces drawn at random seldom share most of their cells; a generator that draws a few
+    whole-piece templates gives many of its rolls a twin. ProGAN's standard deviation
+    (:class:`MinibatchStd`) averages a group's spread, which a few clusters among varied rolls
+    barely move; the nearest neighbour is a fact about each roll. Groups work as there: a batch of
+    real rolls followed by as many fakes keeps them apart when the group is the half's size.
+    """
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, rolls: torch.Tensor) -> torch.Tensor:
+        n = len(rolls)
+        if n % self.group or self.group < 2:  # a lone roll has no neighbour: 0
+            return rolls.new_zeros(n, 1)
+        cells = rolls[:, 0].float().reshape(n // self.group, self.group, -1)
+        overlap = torch.stack([pair_overlap(group) for group in cells])
+        alone = torch.eye(self.group, dtype=torch.bool, device=rolls.device)
+        return overlap.masked_fill(alone, 0.0).amax(dim=2).reshape(n, 1)
+
+
+def pair_overlap(cells: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [B, B]: the overlap (Dice) of the cells of every pair of rolls, 1 for a roll with
+    itself; overlap rather than distance, so that adding notes does not buy distance."""
+    flat = cells.flatten(1)
+    sizes = flat.sum(dim=1)
+    return 2 * flat @ flat.T / (sizes[:, None] + sizes[None, :]).clamp_min(1.0)
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:

@@ -28,6 +28,7 @@ from apollo.decoding import MIN_LENGTH
 from apollo.errors import ApolloError
 from apollo.losses import begins_to_sound
 from apollo.metrics import BEATS_PER_BAR, QUALIFIED_STEPS
+from apollo.model import pair_overlap
 from apollo.mgeval import LENGTH_CLASSES
 
 __all__ = ["Term", "Batch", "TERMS", "check_terms", "outdated", "RETIRED"]
@@ -166,9 +167,7 @@ def closeness(fake: torch.Tensor) -> torch.Tensor:
     :data:`CLOSE_OVERLAP`, scaled to 0..1. The diversity term averages over pairs and so misses a
     few clusters of near-identical pieces; this looks at each pair. Overlap rather than distance,
     so that adding notes does not buy distance."""
-    flat = fake.flatten(1)
-    sizes = flat.sum(dim=1)
-    overlap = 2 * flat @ flat.T / (sizes[:, None] + sizes[None, :]).clamp_min(1.0)
+    overlap = pair_overlap(fake)
     rows, cols = torch.triu_indices(len(fake), len(fake), offset=1, device=fake.device)
     return (torch.relu(overlap[rows, cols] - CLOSE_OVERLAP) / (1 - CLOSE_OVERLAP)).mean()
 

@@ -49,7 +49,7 @@ __all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_check
 
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 # Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
-MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias")
+MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class TrainConfig:
     chroma: bool = True  # the model's pitch-class paths (ModelConfig.chroma; docs/model.md)
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     motion: bool = False  # the discriminator's voice-motion path (ModelConfig.motion; docs/model.md)
+    nearest: bool = False  # D also sees each roll's overlap with its nearest neighbour in the batch (ModelConfig.nearest)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
     pitch_bias: bool = True  # the generator's learned bias per pitch row (ModelConfig.pitch_bias; docs/model.md)
@@ -194,6 +195,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig |
         chroma=config.chroma,
         rhythm=config.rhythm,
         motion=config.motion,
+        nearest=config.batch_size if config.nearest else 0,  # real and fake halves apart
         refine=config.refine,
         style=config.style,
         pitch_bias=config.pitch_bias,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from apollo.model import (MOTION_REACH, PRESETS, Discriminator, Generator, MinibatchStd, ModelConfig, count_parameters,
-                          fold_octaves, voice_motion)
+from apollo.model import (MOTION_REACH, PRESETS, Discriminator, Generator, MinibatchNearest, MinibatchStd, ModelConfig,
+                          count_parameters, fold_octaves, voice_motion)
 
 
 def test_apollo_preset_has_apollogans_sizes():
@@ -161,6 +161,31 @@ def test_voice_motion_counts_each_start_by_its_distance_from_the_note_that_just_
     assert motion[0, -1, 0] == 2 and motion[0, :-1, 0].sum() == 0  # nothing ended before step 0
     # Without the onset plane the repeated note is one long note: only the tone's step is left.
     assert voice_motion(sounding)[0, :, 4].tolist() == [0, 0] + [1] * (MOTION_REACH - 1) + [2]
+
+
+def test_nearest_neighbour_feature_finds_each_rolls_twin_within_its_own_group_only():
+    rolls = torch.zeros(8, 2, 64, 256)
+    for i in range(8):  # each roll holds one note of its own for 128 steps; roll 6 is roll 5
+        rolls[i, 0, 10 + 3 * (i if i != 6 else 5), :128] = 1
+    rolls[2:4, 0, 40, :128] = 1  # rolls 2 and 3 share a second note: half their cells
+    nearest = MinibatchNearest(4)(rolls)[:, 0]  # groups: rolls 0-3 ("real") and 4-7 ("fake")
+    assert nearest.tolist() == pytest.approx([0, 0, 0.5, 0.5, 0, 1, 1, 0])
+    rolls[4] = rolls[0]  # a twin across the halves is not seen: the groups stay apart
+    assert MinibatchNearest(4)(rolls)[[0, 4], 0].tolist() == [0, 0]
+    assert MinibatchNearest(4)(rolls[:3]).abs().sum() == 0  # a batch the groups do not divide: no neighbours
+
+
+def test_nearest_neighbour_feature_changes_only_the_dense_input_and_passes_gradients():
+    d = Discriminator(ModelConfig(width=8, nearest=4))
+    rolls = torch.rand(8, 2, 64, 256).round().requires_grad_(True)
+    d(rolls).sum().backward()
+    assert rolls.grad is not None and rolls.grad.abs().sum() > 0
+    plain = {k: v.shape for k, v in Discriminator(ModelConfig(width=8)).state_dict().items()}
+    changed = {k for k, v in d.state_dict().items() if plain[k] != v.shape}
+    assert plain.keys() == d.state_dict().keys() and changed and all(k.startswith("head.0.") for k in changed)
+    assert Discriminator(ModelConfig(width=8)).nearest is None  # off by default: older checkpoints load
+    with pytest.raises(ValueError, match="group sizes"):
+        ModelConfig(nearest=-1)
 
 
 def test_motion_path_tells_a_leap_from_a_step_and_changes_only_the_dense_input():
