@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from apollo.checkpoint import run_checkpoint
 from apollo.device import DEVICES, PRECISIONS
 from apollo.losses import LOSSES
 from apollo.model import PRESETS
@@ -71,7 +72,10 @@ def train(ctx: click.Context, data: Path | None, run: Path | None, resume: Path 
         recipe_run = find_recipe_run(resume)
         if recipe_run is not None:
             if steps is not None:
-                raise click.UsageError("--steps: a recipe's stages say how many steps they train")
+                last = run_checkpoint(recipe_run, "last")
+                stage = last.parent.parent if last is not None else recipe_run / "STAGE"
+                raise click.UsageError(f"--steps: a recipe's stages say how many steps they train; to train a "
+                                       f"stage on, resume its own folder: apollo train --resume {stage} --steps {steps}")
             session = {"device": device, "precision": precision, **({"minutes": minutes} if minutes is not None else {})}
             resume_recipe(recipe_run, session, progress=progress)
         else:

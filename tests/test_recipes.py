@@ -93,6 +93,12 @@ def test_a_recipe_run_goes_on_where_it_stopped(data, tmp_path):
     again = load_checkpoint(second / "checkpoints" / "last.pt")
     assert again["step"] == 5 and all((again["generator"][k] == finished[k]).all() for k in finished)
     assert resume_recipe(tmp_path / "run", progress=False) == second  # nothing left to do
+    # The stages say how long they train; a stage trains on when its own folder is resumed.
+    refused = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "run"), "--steps", "7", "--no-progress"])
+    assert refused.exit_code != 0 and f"apollo train --resume {second} --steps 7" in refused.output
+    result = CliRunner().invoke(cli, ["train", "--resume", str(second), "--steps", "7", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(second / "checkpoints" / "last.pt")["step"] == 7
 
 
 def test_a_recipe_out_of_time_stops_in_its_stage_and_goes_on_when_resumed(data, tmp_path, capsys):
