@@ -3,6 +3,7 @@
 :func:`export_onnx` writes ``MODEL.onnx`` with one input and one output::
 
     noise          float32 [batch, C, H, W]                 (the bundled model: [batch, 7, 2, 8])
+    whole          float32 [batch, C, H, W]                 (only a model with a key or style numbers)
     probabilities  float32 [batch, planes, pitches, steps]  (the bundled model: [batch, 2, 64, 256])
 
 and beside it ``MODEL.json`` (:func:`onnx_spec`): the grid, encoding, tempo and decoding that turn
@@ -11,7 +12,9 @@ windows into a piece of any length (:func:`apollo.generate.sample_probabilities`
 provenance. The batch axis is dynamic; the width is not: a model with the chroma path (the bundled
 one) or style numbers reads its key and style from the whole flattened noise through a dense layer
 of fixed size, and Python itself only ever runs the generator on windows of one width, so a runtime
-that chains windows exactly as Python does needs nothing else.
+that chains windows exactly as Python does needs nothing else. That key and style are read from
+``whole``, which every window of a piece takes from the piece's first window (``Generator.forward``);
+a model without them has no such input (``MODEL.json``'s ``"whole"`` is then null).
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ if TYPE_CHECKING:  # torch is imported only when a model is exported
 
 __all__ = ["FORMAT", "OPSET", "OnnxExport", "chaining", "export_onnx", "onnx_spec"]
 
-FORMAT = "apollo-onnx/1"  # what MODEL.json holds; a later change to its meaning gets a new number
+FORMAT = "apollo-onnx/2"  # what MODEL.json holds; a later change to its meaning gets a new number
 OPSET = 17  # ONNX opset: onnxruntime-web and every recent onnxruntime run it
-INPUT, OUTPUT = "noise", "probabilities"
+INPUT, WHOLE, OUTPUT = "noise", "whole", "probabilities"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ def chaining(generator: Generator) -> dict:
                 "summed on the probabilities, before decoding",
         "noise": "i.i.d. standard normal, drawn one column [C, H] at a time, so a tape's first columns never "
                  "depend on its length (apollo.generate.noise_tape draws them with torch's generator)",
+        "whole": "every window of a piece is given its first window's noise as `whole` (where the model "
+                 "has that input), so the piece keeps one key and one character",
     }
 
 
@@ -85,6 +90,9 @@ def onnx_spec(generator: Generator, spec: ModelSpec, provenance: dict) -> dict:
         "format": FORMAT,
         "opset": OPSET,
         "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", channels, height, width]},
+        # The noise the key and style numbers are read from: the first window's, for every window of a piece.
+        "whole": ({"name": WHOLE, "dtype": "float32", "shape": ["batch", channels, height, width]}
+                  if generator.reads_whole else None),
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", planes, spec.grid.n_pitches, spec.n_steps]},
         "grid": spec.grid.to_dict(),  # row r is MIDI pitch lowest_pitch + r; a step is 1 / steps_per_beat beats
         "encoding": spec.encoding,  # "onset": plane 0 sounding, plane 1 a note starts
@@ -143,9 +151,10 @@ def export_onnx(
         with atomic_path(out) as tmp_onnx, atomic_path(json_path) as tmp_json, warnings.catch_warnings():
             # The TorchScript exporter: fast, and its opset-17 graph holds only classic operators.
             warnings.simplefilter("ignore")
-            torch.onnx.export(generator, (noise,), str(tmp_onnx), input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=OPSET,
-                              dynamo=False)
+            # An input the graph never reads (``whole`` without key or style) is left out of it.
+            torch.onnx.export(generator, (noise, noise), str(tmp_onnx), input_names=[INPUT, WHOLE],
+                              output_names=[OUTPUT], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={INPUT: {0: "batch"}, WHOLE: {0: "batch"}, OUTPUT: {0: "batch"}})
             onnx.checker.check_model(str(tmp_onnx))
             tmp_json.write_text(json.dumps(written, indent=1) + "\n")
     except OSError as error:

@@ -76,7 +76,8 @@ def endless_probabilities(generator: Generator, seed: int, *, batch: int = 1) ->
     """The endless piece's probabilities ``[planes, pitches, hop]``, one hop at a time, for ever.
 
     Window ``k`` reads tape columns ``k * hop_columns .. + width`` exactly as
-    :func:`~apollo.generate.sample_probabilities` does and is weighted the same, and the weighted
+    :func:`~apollo.generate.sample_probabilities` does (its key and style from the first window's
+    noise) and is weighted the same, and the weighted
     windows are summed in the same order; a hop is handed on once the next window's fade-in
     cannot reach it. ``batch`` windows go through the generator at once (faster when no one is
     listening, as in the soak test). Memory stays flat: only one window's tail is kept.
@@ -87,6 +88,7 @@ def endless_probabilities(generator: Generator, seed: int, *, batch: int = 1) ->
     weight = [chain.weight(first=True, last=False), chain.weight(first=False, last=False)]
     columns = noise_columns(generator, seed)
     tape = [next(columns) for _ in range(chain.width)]  # from the current window's first column
+    whole = torch.stack(tape, dim=-1)[None]  # the first window's noise: the piece's key and style
     tail = None  # the summed weighted windows over the current window's first `overlap` steps
     k = 0
     while True:
@@ -96,7 +98,7 @@ def endless_probabilities(generator: Generator, seed: int, *, batch: int = 1) ->
         windows = torch.stack([stacked[..., i * chain.hop_columns : i * chain.hop_columns + chain.width]
                                for i in range(batch)])
         with torch.inference_mode():
-            probs = generator(windows).numpy()
+            probs = generator(windows, whole.expand_as(windows)).numpy()
         for p in probs:
             if tail is None:
                 tail = np.zeros((*p.shape[:2], chain.overlap), dtype=np.float32)

@@ -150,21 +150,30 @@ class Generator(nn.Module):
         # trained on chorales, which never use it (docs/model.md). One learned bias per row.
         self.pitch_bias = nn.Parameter(torch.zeros(config.roll_channels, config.n_pitches, 1)) if config.pitch_bias else None
 
-    def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(noise))
+    def forward(self, noise: torch.Tensor, whole: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self.logits(noise, whole))
 
-    def logits(self, noise: torch.Tensor) -> torch.Tensor:
+    def logits(self, noise: torch.Tensor, whole: torch.Tensor | None = None) -> torch.Tensor:
+        """``whole`` (default: ``noise``, same shape) is the noise the whole-piece choices, the key
+        and the style numbers, are read from. The windows of one long piece all pass the first
+        window's, so the piece keeps one key and one character (:mod:`apollo.generate`)."""
+        whole = (noise if whole is None else whole).flatten(1)
         inputs = noise
         if self.style is not None:
-            style = self.style(noise.flatten(1))[:, :, None, None].expand(-1, -1, *noise.shape[2:])
+            style = self.style(whole)[:, :, None, None].expand(-1, -1, *noise.shape[2:])
             inputs = torch.cat([noise, style], dim=1)
         logits = self.net(inputs)
         if self.pitch_bias is not None:
             logits = logits + self.pitch_bias
         if self.key is not None:
             rows = torch.arange(self.config.n_pitches, device=noise.device) % PITCH_CLASSES
-            logits = logits + self.key(noise.flatten(1))[:, None, rows, None]
+            logits = logits + self.key(whole)[:, None, rows, None]
         return logits
+
+    @property
+    def reads_whole(self) -> bool:
+        """Whether any choice is read from the whole noise (key or style), so ``whole`` matters."""
+        return self.key is not None or self.style is not None
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.randn(n, *self.config.noise_shape, generator=generator, device=device)

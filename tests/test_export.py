@@ -43,10 +43,16 @@ def bundled_onnx(tmp_path_factory):
     return result, session, generator, spec
 
 
+def feed(session, noise: np.ndarray, whole: np.ndarray | None = None) -> dict:
+    """The session's inputs: ``whole`` (default: the noise itself) only where the graph reads it."""
+    names = {i.name for i in session.get_inputs()}
+    return {"noise": noise, **({"whole": noise if whole is None else whole} if "whole" in names else {})}
+
+
 def run_both(session, generator, noise: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     with torch.inference_mode():
         expected = generator(noise).numpy()
-    return session.run(["probabilities"], {"noise": noise.numpy()})[0], expected
+    return session.run(["probabilities"], feed(session, noise.numpy()))[0], expected
 
 
 def test_probabilities_match_pytorch(bundled_onnx):
@@ -56,7 +62,7 @@ def test_probabilities_match_pytorch(bundled_onnx):
     assert got.shape == expected.shape == (len(SEEDS), 2, 64, 256)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
     for one, row in zip(noise, expected):  # and one at a time
-        np.testing.assert_allclose(session.run(["probabilities"], {"noise": one[None].numpy()})[0][0], row, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(session.run(["probabilities"], feed(session, one[None].numpy()))[0][0], row, rtol=0, atol=1e-4)
 
 
 def test_same_notes_after_decoding(bundled_onnx):
@@ -78,7 +84,10 @@ def chain_from_json(session, spec: dict, tape: np.ndarray, n_steps: int) -> np.n
     window, hop, overlap, edge = chain["window"], chain["hop"], chain["overlap"], chain["edge"]
     n_windows = 1 + max(0, math.ceil((n_steps - window) / hop))
     windows = np.stack([tape[..., k * hop_columns : k * hop_columns + width] for k in range(n_windows)])
-    probs = session.run(["probabilities"], {"noise": windows})[0]
+    inputs = {spec["input"]["name"]: windows}
+    if spec["whole"]:  # every window reads key and style from the piece's first window
+        inputs[spec["whole"]["name"]] = np.repeat(windows[:1], n_windows, axis=0)
+    probs = session.run(["probabilities"], inputs)[0]
     fade = overlap - 2 * edge
     ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)
     fade_in = np.concatenate([np.zeros(edge), ramp, np.ones(edge)]).astype(np.float32)
@@ -111,6 +120,7 @@ def test_json_holds_what_a_runtime_needs(bundled_onnx):
     written = json.loads(result.json.read_text())
     assert written == result.spec
     assert written["input"] == {"name": "noise", "dtype": "float32", "shape": ["batch", 7, 2, 8]}
+    assert written["whole"] == {"name": "whole", "dtype": "float32", "shape": ["batch", 7, 2, 8]}
     assert written["output"]["shape"] == ["batch", 2, 64, 256]
     threshold, onset_threshold, min_length = bundled_decoding().effective
     assert written["decoding"] == {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length}
@@ -136,7 +146,9 @@ def test_any_checkpoint(tmp_path):
     assert result.spec["input"]["shape"] == ["batch", 7, 2, 8]
     assert result.spec["grid"]["lowest_pitch"] == 48
     assert result.spec["decoding"] == {"threshold": 0.3, "onset_threshold": 0.3, "min_length": 1}
+    assert result.spec["whole"] is None  # no key, no style: nothing is read from the whole noise
     session = ort.InferenceSession(str(result.onnx), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["noise"]
     got, expected = run_both(session, generator, generator.sample_noise(3, torch.Generator().manual_seed(1)))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 

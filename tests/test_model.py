@@ -230,6 +230,25 @@ def test_style_numbers_carry_one_noise_position_to_the_whole_piece():
         ModelConfig(style=-1)
 
 
+def test_key_and_style_are_read_from_whole():
+    """``whole`` carries the choices about the whole piece, and only those: the rest comes from ``noise``."""
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(width=8, chroma=True, style=4, generator_norm="none")).eval()
+    with torch.no_grad():
+        nn.init.normal_(g.key.weight, 0.0, 1.0)
+        noise, other = g.sample_noise(2), g.sample_noise(2)
+        assert torch.equal(g(noise, noise), g(noise))  # by default, read from the noise itself
+        assert not torch.allclose(g(noise, other), g(noise))
+        # The key bias of `other` is added whatever the noise; the style numbers of `other` go to the net.
+        style = g.style(other.flatten(1))[:, :, None, None].expand(-1, -1, *noise.shape[2:])
+        key = g.key(other.flatten(1))[:, None, torch.arange(64) % 12, None]
+        assert torch.allclose(g.logits(noise, other), g.net(torch.cat([noise, style], dim=1)) + key, atol=1e-5)
+    assert g.reads_whole and not Generator(ModelConfig(width=8)).reads_whole
+    plain = Generator(ModelConfig(width=8)).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(noise, other), plain(noise))
+
+
 def test_pitch_bias_moves_one_row_of_every_piece_and_nothing_else():
     g = Generator(ModelConfig(width=8, pitch_bias=True)).eval()
     assert g.pitch_bias.shape == (2, 64, 1) and not g.pitch_bias.any()  # starts as the plain model

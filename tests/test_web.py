@@ -78,7 +78,7 @@ def test_the_page_holds_everything_it_needs(page):
     assert (page / "soundfont.sf2").read_bytes()[8:12] == b"sfbk"
     instruments = json.loads((page / "instruments.json").read_text())
     assert len(instruments) == 128 and instruments[40] == "Violin"
-    assert json.loads((page / "apollo.json").read_text())["format"] == "apollo-onnx/1"
+    assert json.loads((page / "apollo.json").read_text())["format"] == "apollo-onnx/2"
     html = (page / "index.html").read_text()
     scripts = re.findall(r'<script src="([^"]+)"', html)
     assert scripts and all(not re.match(r"\w+:|//", src) and (page / src).is_file() for src in scripts)

@@ -134,16 +134,22 @@
       return noise;
     }
 
-    async probabilities(noise) {  // [2][P][window] from one window's noise
-      const input = new ort.Tensor("float32", noise, [1, this.C, this.H, this.W]);
-      const output = await this.session.run({ [this.spec.input.name]: input });
+    // [2][P][window] from one window's noise; key and style (where the model has them) are read
+    // from `whole`: the piece's first window, so a piece keeps one key and one character
+    async probabilities(noise, whole = noise) {
+      const shape = [1, this.C, this.H, this.W];
+      const inputs = { [this.spec.input.name]: new ort.Tensor("float32", noise, shape) };
+      if (this.spec.whole) inputs[this.spec.whole.name] = new ort.Tensor("float32", whole, shape);
+      const output = await this.session.run(inputs);
       return output[this.spec.output.name].data;
     }
 
     async next() {
       const { chain, P } = this;
       const k = this.k++;
-      const probs = await this.probabilities(this.windowNoise(k));
+      const noise = this.windowNoise(k);
+      if (k === 0) this.whole = noise;
+      const probs = await this.probabilities(noise, this.whole);
       this.tape.forget(this.k * chain.hop_columns);
       const window = chain.window, start = k * chain.hop;
       const planes = this.spec.encoding === "onset" ? 2 : 1;
