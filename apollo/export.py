@@ -1,6 +1,6 @@
 """A generator as ONNX, for runtimes without Python (onnxruntime-web in a page, onnxruntime anywhere).
 
-:func:`export_onnx` writes ``MODEL.onnx`` with one input and one output::
+:func:`export_onnx` writes ``MODEL.onnx`` with its inputs and one output::
 
     noise          float32 [batch, C, H, W]                 (the bundled model: [batch, 7, 2, 8])
     whole          float32 [batch, C, H, W]                 (only a model with a key or style numbers)
