@@ -7,7 +7,7 @@
   hornpipes in ABC. An ABC file holds many tunes; each tune becomes one MIDI file.
 
 Converting a score with music21 takes about 0.1 s, so converted files are cached under
-``$APOLLO_CACHE/corpora/<name>/`` (default ``$XDG_CACHE_HOME/apollo`` or ``~/.cache/apollo``) and a
+``$APOLLO_CACHE/corpora/<name>/<conversion>/`` (default ``$XDG_CACHE_HOME/apollo`` or ``~/.cache/apollo``) and a
 second export only copies them. Conversion runs in parallel on all cores. Pieces music21 cannot
 convert are skipped, counted, and remembered in the cache so they are not retried.
 """
@@ -28,6 +28,10 @@ from pathlib import Path
 from apollo.errors import ApolloError
 
 __all__ = ["CORPORA", "Corpus", "ExportSummary", "Piece", "cache_dir", "export"]
+
+# Converted files are cached per version of the conversion: a change to what a file holds gets a
+# new name, so a cache written by an older Apollo is never copied out as if it were current.
+CONVERSION = "v2"  # v2: grace notes dropped (_drop_grace_notes)
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,21 @@ def _to_midi_bytes(piece: Piece) -> bytes:
         header, tunes = _split_abc(Path(piece.source).read_text(errors="replace"))
         score = converter.parse(header + tunes[piece.tune], format="abc")
     _unshare_context_objects(score)
+    _drop_grace_notes(score)
     return translate.streamToMidiFile(score).writestr()
+
+
+def _drop_grace_notes(score) -> None:
+    """Remove grace notes (ABC's ``{a}``), which have no duration.
+
+    music21 writes a grace note's note-off before its note-on at the same tick, and MIDI readers
+    pair that note-on with the next note-off of its pitch, often bars later: 334 of the 2,934 folk
+    tunes held a note for more than four bars, a drone the fiddler never played. An ornament
+    shorter than a step has no place on a sixteenth-note grid anyway.
+    """
+    for note in list(score.recurse().notes):
+        if note.duration.isGrace:
+            note.activeSite.remove(note)
 
 
 def _unshare_context_objects(score) -> None:
@@ -239,7 +257,7 @@ def export(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ApolloError(f"{out_dir}: exists and is not a folder")
-    cache = cache_dir(name)
+    cache = cache_dir(name) / CONVERSION
     cache.mkdir(parents=True, exist_ok=True)
     pieces = CORPORA[name].pieces()
     summary = ExportSummary(name, out_dir)

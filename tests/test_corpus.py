@@ -6,7 +6,7 @@ import pytest
 from apollo.cli.main import cli
 from click.testing import CliRunner
 
-from apollo.corpus import CORPORA, cache_dir, export
+from apollo.corpus import CONVERSION, CORPORA, _to_midi_bytes, cache_dir, export
 from apollo.errors import ApolloError
 from apollo.midi import read_notes
 
@@ -51,10 +51,18 @@ def test_folk_export_converts_only_the_limit_into_a_fresh_cache(monkeypatch, tmp
     monkeypatch.setenv("APOLLO_CACHE", str(tmp_path / "cache"))
     summary = export("folk", tmp_path / "out", limit=2, workers=1)
     assert summary.written == 2 and summary.converted == 2
-    cached = list((tmp_path / "cache" / "corpora" / "folk").rglob("*.mid"))
+    cached = list((tmp_path / "cache" / "corpora" / "folk" / CONVERSION).rglob("*.mid"))
     assert len(cached) == 2  # nothing beyond the limit was converted
     for path in (tmp_path / "out").rglob("*.mid"):
         assert len(read_notes(path).pitch) > 20
+
+
+def test_grace_notes_leave_no_note_held_for_bars():
+    """O'Neill's 1051 has grace notes ({a}, {d}); written as MIDI with them, its A5 sounded for 62 bars."""
+    piece = next(p for p in CORPORA["folk"].pieces() if p.name == "oneills1850/1031-1115-x1051")
+    notes = read_notes(_to_midi_bytes(piece), name=piece.name)
+    assert len(notes.pitch) > 300
+    assert (notes.end - notes.start).max() <= 8  # its longest notes are quarters (4 steps)
 
 
 def test_unknown_corpus_is_an_apollo_error(tmp_path):
