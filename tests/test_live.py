@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 import tracemalloc
@@ -206,9 +207,19 @@ def test_ctrl_c_ends_every_note(model):
     generator, spec = model
     port = RecordingPort()
     player = Player(port, Stream(generator, spec, seed=10, tempo=FAST, ensemble="choir"))
-    threading.Timer(2.0, _thread.interrupt_main).start()
-    result = player.play()  # KeyboardInterrupt is caught: playing stops cleanly
-    assert result.stopped
+    # A job started in the background begins with SIGINT ignored, and interrupt_main then does
+    # nothing: give Ctrl-C the handler a terminal gives it, and a stop later in case it never comes.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    fallback = threading.Timer(30.0, player.stop)
+    try:
+        fallback.start()
+        threading.Timer(2.0, _thread.interrupt_main).start()
+        start = time.perf_counter()
+        result = player.play()  # KeyboardInterrupt is caught: playing stops cleanly
+    finally:
+        fallback.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert result.stopped and time.perf_counter() - start < 20.0  # by Ctrl-C, not by the fallback
     check_played(port, stopped=True)
     assert {m.channel for _, m in port.sent if m.type == "control_change"} == {0, 1, 2, 3}
 
