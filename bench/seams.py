@@ -22,7 +22,7 @@ import numpy as np
 
 from apollo.errors import ApolloError
 from apollo.evaluate import load_rolls, report
-from apollo.generate import find_model, key_move, load_model, sample_probabilities
+from apollo.generate import Chaining, find_model, key_move, load_model, sample_probabilities
 
 FIRST_SEED = 5000  # noise no other row of docs/results.md draws
 
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"-n must be at least 2, got {args.n}")
 
     generator, spec = load_model(find_model(args.checkpoint), dcgan_only="bench/seams.py")
-    window = spec.n_steps
-    hop = window // 2
+    chain = Chaining.of(generator)
+    window, hop = chain.window, chain.hop
     real = load_rolls(args.data, split=args.split, real=True).rolls
     if len(real) > args.n:
         real = [real[i] for i in sorted(np.random.default_rng(0).choice(len(real), args.n, replace=False))]
