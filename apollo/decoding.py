@@ -52,24 +52,27 @@ class Decoding:
     threshold: float = 0.5  # a cell sounds above this
     onset_threshold: float | None = None  # a held note is struck again above this; None: ``threshold``
     min_length: int = MIN_LENGTH  # shorter runs of one pitch stay silent
+    fill: float | None = None  # a silent step sounds its most probable pitch above this; None: never
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "onset_threshold"):
+        for name in ("threshold", "onset_threshold", "fill"):
             value = getattr(self, name)
             if value is not None and not 0 < value < 1:
                 raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
         if self.min_length < 1:
             raise ValueError(f"min_length must be at least 1 step, got {self.min_length}")
+        if self.fill is not None and self.fill > self.threshold:
+            raise ValueError(f"fill ({self.fill:g}) must not lie above the threshold ({self.threshold:g})")
 
     def decode(self, probabilities: np.ndarray, encoding: Encoding, grid: Grid, tempo: float) -> PianoRoll:
         return PianoRoll.decode(probabilities, encoding, grid, tempo=tempo, threshold=self.threshold,
-                                min_length=self.min_length, onset_threshold=self.onset_threshold)
+                                min_length=self.min_length, onset_threshold=self.onset_threshold, fill=self.fill)
 
     @property
-    def effective(self) -> tuple[float, float, int]:
-        """(threshold, onset threshold, min length) as applied: two decodings alike here decode alike."""
+    def effective(self) -> tuple[float, float, int, float | None]:
+        """(threshold, onset threshold, min length, fill) as applied: two decodings alike here decode alike."""
         onset = self.threshold if self.onset_threshold is None else self.onset_threshold
-        return self.threshold, onset, self.min_length
+        return self.threshold, onset, self.min_length, self.fill
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +84,8 @@ class Decoding:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def __str__(self) -> str:
-        return "threshold {:g}, onset threshold {:g}, min length {}".format(*self.effective)
+        text = "threshold {:g}, onset threshold {:g}, min length {}".format(*self.effective[:3])
+        return text if self.fill is None else f"{text}, fill {self.fill:g}"
 
 
 def candidates(

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # torch is imported only when a model is exported
 
 __all__ = ["FORMAT", "OPSET", "OnnxExport", "chaining", "export_onnx", "onnx_spec"]
 
-FORMAT = "apollo-onnx/2"  # what MODEL.json holds; a later change to its meaning gets a new number
+FORMAT = "apollo-onnx/3"  # what MODEL.json holds; a later change to its meaning gets a new number
 OPSET = 17  # ONNX opset: onnxruntime-web and every recent onnxruntime run it
 INPUT, WHOLE, OUTPUT = "noise", "whole", "probabilities"
 
@@ -85,7 +85,7 @@ def onnx_spec(generator: Generator, spec: ModelSpec, provenance: dict) -> dict:
     """Everything a runtime needs beside the ONNX file to write the notes Python writes."""
     channels, height, width = generator.config.noise_shape
     planes = generator.config.roll_channels
-    threshold, onset_threshold, min_length = spec.decoding.effective
+    threshold, onset_threshold, min_length, fill = spec.decoding.effective
     return {
         "format": FORMAT,
         "opset": OPSET,
@@ -104,7 +104,10 @@ def onnx_spec(generator: Generator, spec: ModelSpec, provenance: dict) -> dict:
         # As apollo.roll.PianoRoll.decode applies it: a cell sounds above `threshold`; runs of one
         # pitch shorter than `min_length` steps stay silent; a sounding cell starts a note where
         # silence precedes it or (onset encoding) its onset probability is above `onset_threshold`.
-        "decoding": {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length},
+        # With `fill` (null: none), a step where no cell sounds sounds its most probable pitch if that
+        # is above `fill`, before the runs are measured.
+        "decoding": {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length,
+                     "fill": fill},
         "chaining": chaining(generator),
         "provenance": provenance,
     }

@@ -432,6 +432,7 @@ def generate(
     threshold: float | None = None,
     onset_threshold: float | None = None,
     min_length: int | None = None,
+    fill: float | None = None,
     temperature: float | None = None,
     transpose: int | None = None,
     wav: bool = False,
@@ -449,7 +450,7 @@ def generate(
     arranged for real players (:func:`write_piece`, :mod:`apollo.parts`): one track per part with
     its program, each part in its range, a monophonic instrument one line (``line``: "top" or
     "bottom"). The MIDI carries the programs and the tempo.
-    ``threshold``, ``onset_threshold`` and ``min_length`` decode the model's probabilities
+    ``threshold``, ``onset_threshold``, ``min_length`` and ``fill`` decode the model's probabilities
     (:class:`~apollo.decoding.Decoding`); each one left out is the model's own (its saved decoding,
     else the defaults). A sequence model has no probabilities to threshold: it draws its cells at
     ``temperature`` (default its own, else 1; lower is safer, higher wilder). ``ending`` is how a piece stops where it was asked to: ``"hold"`` holds the
@@ -463,7 +464,7 @@ def generate(
     """
     if n < 1:
         raise ApolloError(f"--n must be at least 1, got {n}")
-    for flag, value in (("--threshold", threshold), ("--onset-threshold", onset_threshold)):
+    for flag, value in (("--threshold", threshold), ("--onset-threshold", onset_threshold), ("--fill", fill)):
         if value is not None and not 0 < value < 1:
             raise ApolloError(f"{flag} must lie strictly between 0 and 1, got {value}")
     if temperature is not None and temperature <= 0:
@@ -484,7 +485,7 @@ def generate(
     if family(generator) == "dcgan" and temperature is not None:
         raise ApolloError(f"{choice.path}: --temperature is for the sequence families; the DCGAN's cells "
                           "are decoded with --threshold")
-    if family(generator) != "dcgan" and (threshold is not None or onset_threshold is not None):
+    if family(generator) != "dcgan" and (threshold is not None or onset_threshold is not None or fill is not None):
         raise ApolloError(f"{choice.path}: this {family(generator)} draws its cells, so there is no threshold; "
                           "use --temperature")
     temperature = spec.temperature if temperature is None else temperature
@@ -492,8 +493,11 @@ def generate(
     tempo = spec.tempo if tempo is None else tempo
     bars = bars or max(1, spec.n_steps // spec.steps_per_bar)
     n_steps = bars * spec.steps_per_bar
-    given = {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length}
-    decoding = replace(spec.decoding, **{k: v for k, v in given.items() if v is not None})
+    given = {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length, "fill": fill}
+    try:
+        decoding = replace(spec.decoding, **{k: v for k, v in given.items() if v is not None})
+    except ValueError as error:  # a fill above the threshold
+        raise ApolloError(f"{choice.path}: {error}") from None
 
     result = GenerateResult(choice, seed, tempo, decoding, family=family(generator),
                             temperature=None if family(generator) == "dcgan" else temperature)

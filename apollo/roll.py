@@ -244,6 +244,7 @@ class PianoRoll:
         threshold: float = 0.5,
         min_length: int = 1,
         onset_threshold: float | None = None,
+        fill: float | None = None,
     ) -> PianoRoll:
         """A roll from planes as :meth:`encode` makes them, or from a model's probabilities.
 
@@ -256,6 +257,10 @@ class PianoRoll:
         consecutive steps stays silent: with 2, the single cells a generator leaves just above the
         threshold (docs/results.md) are dropped, while repeated notes within a longer sounding run
         are kept. The default, 1, keeps everything, so ``decode(roll.encode())`` is ``roll``.
+        With ``fill``, a step where no pitch passes ``threshold`` sounds its most probable pitch if
+        that passes ``fill``: a generator unsure *which* note a step holds splits the step's
+        probability and leaves every pitch under the threshold, while a rest it means has every
+        cell near 0. Filled cells then meet ``min_length`` and the onset rule like any other.
         """
         planes = np.asarray(planes)
         if planes.ndim == 2:
@@ -266,7 +271,12 @@ class PianoRoll:
             raise ValueError(f"encoding {encoding!r} has {ENCODINGS[encoding]} plane(s), got {planes.shape[0]}")
         if min_length < 1:
             raise ValueError(f"min_length must be at least 1, got {min_length}")
+        if fill is not None and not 0 < fill <= threshold:
+            raise ValueError(f"fill must lie above 0 and at most the threshold ({threshold:g}), got {fill}")
         sounding = planes[0] > threshold
+        if fill is not None:
+            silent = ~sounding.any(axis=0) & (planes[0].max(axis=0) > fill)
+            sounding[planes[0].argmax(axis=0)[silent], np.flatnonzero(silent)] = True
         if min_length > 1:
             sounding = drop_short_runs(sounding, min_length)
         cells = sounding.astype(np.uint8)

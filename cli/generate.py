@@ -41,6 +41,9 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
               help="A held note is struck again where its onset probability is above this; higher gives "
               f"longer notes. Default: the model's own (the bundled model's: {BUNDLED.effective[1]:g}), "
               "else --threshold.")
+@click.option("--fill", type=PROBABILITY,
+              help="A step where no pitch passes --threshold sounds its most probable pitch if that is above "
+              "this: fills the rests of a model unsure which note a step holds. Default: the model's own, else none.")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True),
               help="Sequence models (lstm, gru, transformer) draw their cells: below 1 safer, above 1 wilder. "
               "Default: the model's own, else 1. The DCGAN uses --threshold instead.")
@@ -56,7 +59,7 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
 def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: int | None, ensemble: str | None,
              line: str | None, n: int, seed: int | None,
              bars: int | None, ending: str, tempo: float | None, threshold: float | None, onset_threshold: float | None,
-             min_length: int | None, temperature: float | None,
+             min_length: int | None, fill: float | None, temperature: float | None,
              transpose: int | None, wav: bool, png: bool,
              soundfont: Path | None) -> None:
     """Generate new music as the MIDI file OUT (and a WAV and PNG beside it).
@@ -75,7 +78,7 @@ def generate(out: Path, checkpoint: str | None, run: Path | None, instrument: in
     result = generate_pieces(out, checkpoint=checkpoint, run=run, instrument=instrument, ensemble=ensemble, line=line,
                              n=n, seed=seed, bars=bars,
                              ending=ending, tempo=tempo, threshold=threshold, onset_threshold=onset_threshold, min_length=min_length,
-                             temperature=temperature, transpose=transpose, wav=wav, png=png, soundfont=soundfont)
+                             fill=fill, temperature=temperature, transpose=transpose, wav=wav, png=png, soundfont=soundfont)
     click.echo(f"Model: {result.model}; {result.describe_decoding()}")
     seeds = f"{result.seed}" if n == 1 else f"{result.seed}..{result.seed + n - 1} (one per piece)"
     click.echo(f"Seed: {seeds}; --seed {result.seed} makes the same files again")

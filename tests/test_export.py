@@ -122,8 +122,9 @@ def test_json_holds_what_a_runtime_needs(bundled_onnx):
     assert written["input"] == {"name": "noise", "dtype": "float32", "shape": ["batch", 7, 2, 8]}
     assert written["whole"] == {"name": "whole", "dtype": "float32", "shape": ["batch", 7, 2, 8]}
     assert written["output"]["shape"] == ["batch", 2, 64, 256]
-    threshold, onset_threshold, min_length = bundled_decoding().effective
-    assert written["decoding"] == {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length}
+    threshold, onset_threshold, min_length, fill = bundled_decoding().effective
+    assert written["decoding"] == {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length,
+                                   "fill": fill}
     assert written["grid"] == {"lowest_pitch": 30, "n_pitches": 64, "steps_per_beat": 4}
     assert (written["encoding"], written["n_steps"], written["steps_per_bar"]) == ("onset", 256, 16)
     assert written["chaining"]["overlap_columns"] == OVERLAP_COLUMNS
@@ -140,12 +141,12 @@ def test_any_checkpoint(tmp_path):
     generator = Generator(ModelConfig(width=8, n_pitches=32, n_steps=128, n_layers=4)).eval()
     meta = {"dataset_config": {"grid": {"lowest_pitch": 48, "n_pitches": 32, "steps_per_beat": 2},
                                "encoding": "onset", "n_steps": 128},
-            "decoding": {"threshold": 0.3, "min_length": 1}}
+            "decoding": {"threshold": 0.3, "min_length": 1, "fill": 0.2}}
     save_generator(tmp_path / "tiny.safetensors", generator, meta)
     result = export_onnx(tmp_path / "out" / "tiny.onnx", checkpoint=tmp_path / "tiny.safetensors")
     assert result.spec["input"]["shape"] == ["batch", 7, 2, 8]
     assert result.spec["grid"]["lowest_pitch"] == 48
-    assert result.spec["decoding"] == {"threshold": 0.3, "onset_threshold": 0.3, "min_length": 1}
+    assert result.spec["decoding"] == {"threshold": 0.3, "onset_threshold": 0.3, "min_length": 1, "fill": 0.2}
     assert result.spec["whole"] is None  # no key, no style: nothing is read from the whole noise
     session = ort.InferenceSession(str(result.onnx), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["noise"]

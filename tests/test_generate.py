@@ -328,10 +328,25 @@ def test_a_models_own_decoding_is_the_default(models, tmp_path):
     assert not (tmp_path / "e.mid").exists()
 
 
+def test_fill_sounds_steps_the_threshold_left_silent(tmp_path):
+    """The bundled model decoded sparsely (threshold 0.8), then with ``--fill``: the gaps close."""
+    def sounding_steps(path):
+        return int(PianoRoll.from_midi(path).cells.any(axis=0).sum())
+
+    run("--seed", 3, "--threshold", 0.8, tmp_path / "sparse.mid")
+    out = run("--seed", 3, "--threshold", 0.8, "--fill", 0.3, tmp_path / "filled.mid")
+    assert "min length 2, fill 0.3" in out
+    assert sounding_steps(tmp_path / "filled.mid") > sounding_steps(tmp_path / "sparse.mid") + 10
+    result = CliRunner().invoke(cli, ["generate", "--seed", "3", "--fill", "0.6", str(tmp_path / "x.mid")])
+    assert result.exit_code == 1 and "fill (0.6) must not lie above the threshold (0.45)" in result.output
+    assert not (tmp_path / "x.mid").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--instrument", "violn"], "did you mean: Violin"),
+        (["--fill", "1"], "--fill"),
         (["--threshold", "1.5"], "--threshold"),
         (["--n", "0"], "--n"),
         (["--min-length", "0"], "--min-length"),

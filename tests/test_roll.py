@@ -60,6 +60,28 @@ def test_onset_threshold_keeps_unsure_repeats_whole():
     assert len(PianoRoll.decode(np.stack([sounding, onset]), onset_threshold=0.3).notes()[0]) == 6
 
 
+def test_fill_sounds_the_most_probable_pitch_of_a_silent_step_only():
+    sounding, onset = np.zeros((2, 64, 16))
+    sounding[10, 0:4] = 0.9  # a sure note
+    sounding[[10, 12, 14], 4:8] = [[0.45], [0.40], [0.30]]  # unsure which note: every pitch under 0.5
+    sounding[10, 8:12] = 0.9
+    sounding[[20, 22], 8:12] = 0.45  # a step that already sounds gets nothing more
+    sounding[:, 12:16] = 0.02  # a rest the model means
+    onset[10, [0, 8]] = 0.9
+    planes = np.stack([sounding, onset])
+    notes = lambda roll: list(zip(*roll.notes()))  # noqa: E731
+    assert notes(PianoRoll.decode(planes)) == [(40, 0, 4), (40, 8, 12)]
+    # The filled steps join the held note: no onset there, so one note of 8 steps, then one struck again.
+    assert notes(PianoRoll.decode(planes, fill=0.4)) == [(40, 0, 8), (40, 8, 12)]
+    assert notes(PianoRoll.decode(planes, fill=0.45)) == [(40, 0, 4), (40, 8, 12)]  # 0.45 does not pass 0.45
+    # A filled run shorter than min_length is dropped like any other.
+    sounding[10, 4:8] = 0.2
+    sounding[12, 5] = 0.46
+    assert notes(PianoRoll.decode(np.stack([sounding, onset]), fill=0.4, min_length=2)) == [(40, 0, 4), (40, 8, 12)]
+    with pytest.raises(ValueError, match="fill"):
+        PianoRoll.decode(planes, fill=0.6)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=40), st.integers(1, 6))
 def test_drop_short_runs_keeps_exactly_the_long_runs(cells, min_length):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mido
@@ -22,6 +23,7 @@ import torch
 from apollo.cli.main import cli
 from click.testing import CliRunner
 
+from apollo.decoding import Decoding
 from apollo.errors import ApolloError
 from apollo.generate import (
     Chaining,
@@ -30,7 +32,6 @@ from apollo.generate import (
     noise_tape,
     sample_probabilities,
 )
-from apollo.roll import PianoRoll
 from apollo.web import NPM_PACKAGES, address, build_page, make_server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -78,7 +79,7 @@ def test_the_page_holds_everything_it_needs(page):
     assert (page / "soundfont.sf2").read_bytes()[8:12] == b"sfbk"
     instruments = json.loads((page / "instruments.json").read_text())
     assert len(instruments) == 128 and instruments[40] == "Violin"
-    assert json.loads((page / "apollo.json").read_text())["format"] == "apollo-onnx/2"
+    assert json.loads((page / "apollo.json").read_text())["format"] == "apollo-onnx/3"
     html = (page / "index.html").read_text()
     scripts = re.findall(r'<script src="([^"]+)"', html)
     assert scripts and all(not re.match(r"\w+:|//", src) and (page / src).is_file() for src in scripts)
@@ -205,9 +206,7 @@ def bundled():
 
 
 def python_cells(probabilities: np.ndarray, spec) -> np.ndarray:
-    threshold, onset_threshold, min_length = spec.decoding.effective
-    return PianoRoll.decode(probabilities, spec.encoding, spec.grid, spec.tempo, threshold=threshold,
-                            min_length=min_length, onset_threshold=onset_threshold).cells
+    return spec.decoding.decode(probabilities, spec.encoding, spec.grid, spec.tempo).cells
 
 
 def page_cells(digits: str, n_pitches: int) -> np.ndarray:
@@ -229,6 +228,22 @@ def test_the_page_decodes_a_window_as_python_does(browser, bundled):
         notes += int((expected == 2).sum())
     assert notes > 100 * len(SEEDS)  # the windows have music in them
     assert equal / total >= AGREEMENT, f"{total - equal} of {total} cells differ"
+
+
+def test_the_page_fills_silent_steps_as_python_does(browser, bundled):
+    """A decoding with ``fill``; a high threshold leaves many silent steps for it to fill."""
+    generator, spec = bundled
+    decoding = Decoding(threshold=0.8, onset_threshold=0.8, fill=0.3)
+    noise = generator.sample_noise(1, torch.Generator().manual_seed(SEEDS[0]))
+    with torch.inference_mode():
+        probabilities = generator(noise)[0].numpy()
+    expected = decoding.decode(probabilities, spec.encoding, spec.grid, spec.tempo).cells
+    unfilled = replace(decoding, fill=None).decode(probabilities, spec.encoding, spec.grid, spec.tempo).cells
+    filled_steps = int((expected.any(axis=0) & ~unfilled.any(axis=0)).sum())
+    assert filled_steps > 10  # the fill has work to do here
+    got = page_cells(browser.execute_script("return await apolloDecodeWindow(arguments[0], arguments[1])",
+                                            noise.flatten().tolist(), decoding.to_dict()), spec.grid.n_pitches)
+    assert (got == expected).mean() >= AGREEMENT, f"{(got != expected).sum()} cells differ"
 
 
 def test_the_page_chains_windows_as_python_does(browser, bundled):

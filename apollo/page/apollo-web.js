@@ -68,9 +68,22 @@
     const onsetThreshold = Math.fround(decoding.onset_threshold ?? decoding.threshold);
     const minLength = decoding.min_length;
     const cells = new Uint8Array(nPitches * nSteps);
+    for (let i = 0; i < nPitches * nSteps; i++) cells[i] = sounding[i] > threshold ? HELD : SILENT;
+    // fill: a step where nothing sounds sounds its most probable pitch (the lowest of equals) above `fill`
+    if (decoding.fill != null) {
+      const fill = Math.fround(decoding.fill);
+      for (let t = 0; t < nSteps; t++) {
+        let top = 0;
+        let silent = true;
+        for (let p = 0; p < nPitches; p++) {
+          if (cells[p * nSteps + t]) { silent = false; break; }
+          if (sounding[p * nSteps + t] > sounding[top * nSteps + t]) top = p;
+        }
+        if (silent && sounding[top * nSteps + t] > fill) cells[top * nSteps + t] = HELD;
+      }
+    }
     for (let p = 0; p < nPitches; p++) {
       const row = p * nSteps;
-      for (let t = 0; t < nSteps; t++) cells[row + t] = sounding[row + t] > threshold ? HELD : SILENT;
       // drop_short_runs: runs of sounding cells shorter than min_length stay silent
       if (minLength > 1) {
         let t = 0;
@@ -516,13 +529,13 @@
   // -- hooks for tests and measurements ---------------------------------------------------------
 
   // One window's notes, decoded alone (as PianoRoll.decode(probabilities[0])): cells as a string
-  // of digits 0/1/2, pitch-major [n_pitches][n_steps].
-  window.apolloDecodeWindow = async (noise) => {
+  // of digits 0/1/2, pitch-major [n_pitches][n_steps]; with the model's decoding unless given one.
+  window.apolloDecodeWindow = async (noise, decoding) => {
     const stream = new Stream(app.session, app.spec, null);
     const probs = await stream.probabilities(Float32Array.from(noise));
     const n = app.spec.chaining.window, P = app.spec.grid.n_pitches;
     const cells = decodePlanes(probs.subarray(0, P * n), app.spec.encoding === "onset" ? probs.subarray(P * n, 2 * P * n) : null,
-                               P, n, app.spec.decoding);
+                               P, n, decoding ?? app.spec.decoding);
     return cells.join("");
   };
   // The chained steps of a given noise tape (n columns [C, H], flattened), as the page plays them:
