@@ -61,8 +61,6 @@ class Decoding:
                 raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
         if self.min_length < 1:
             raise ValueError(f"min_length must be at least 1 step, got {self.min_length}")
-        if self.fill is not None and self.fill > self.threshold:
-            raise ValueError(f"fill ({self.fill:g}) must not lie above the threshold ({self.threshold:g})")
 
     def decode(self, probabilities: np.ndarray, encoding: Encoding, grid: Grid, tempo: float) -> PianoRoll:
         return PianoRoll.decode(probabilities, encoding, grid, tempo=tempo, threshold=self.threshold,

@@ -494,10 +494,7 @@ def generate(
     bars = bars or max(1, spec.n_steps // spec.steps_per_bar)
     n_steps = bars * spec.steps_per_bar
     given = {"threshold": threshold, "onset_threshold": onset_threshold, "min_length": min_length, "fill": fill}
-    try:
-        decoding = replace(spec.decoding, **{k: v for k, v in given.items() if v is not None})
-    except ValueError as error:  # a fill above the threshold
-        raise ApolloError(f"{choice.path}: {error}") from None
+    decoding = replace(spec.decoding, **{k: v for k, v in given.items() if v is not None})
 
     result = GenerateResult(choice, seed, tempo, decoding, family=family(generator),
                             temperature=None if family(generator) == "dcgan" else temperature)

@@ -260,7 +260,8 @@ class PianoRoll:
         With ``fill``, a step where no pitch passes ``threshold`` sounds its most probable pitch if
         that passes ``fill``: a generator unsure *which* note a step holds splits the step's
         probability and leaves every pitch under the threshold, while a rest it means has every
-        cell near 0. Filled cells then meet ``min_length`` and the onset rule like any other.
+        cell near 0. Filled cells then meet ``min_length`` and the onset rule like any other; a
+        ``fill`` at or above ``threshold`` fills nothing.
         """
         planes = np.asarray(planes)
         if planes.ndim == 2:
@@ -271,8 +272,8 @@ class PianoRoll:
             raise ValueError(f"encoding {encoding!r} has {ENCODINGS[encoding]} plane(s), got {planes.shape[0]}")
         if min_length < 1:
             raise ValueError(f"min_length must be at least 1, got {min_length}")
-        if fill is not None and not 0 < fill <= threshold:
-            raise ValueError(f"fill must lie above 0 and at most the threshold ({threshold:g}), got {fill}")
+        if fill is not None and not 0 < fill < 1:
+            raise ValueError(f"fill must lie strictly between 0 and 1, got {fill}")
         sounding = planes[0] > threshold
         if fill is not None:
             silent = ~sounding.any(axis=0) & (planes[0].max(axis=0) > fill)

@@ -43,7 +43,8 @@ DEFAULT, BUNDLED = Decoding(), bundled_decoding() or Decoding()  # quoted by --h
               "else --threshold.")
 @click.option("--fill", type=PROBABILITY,
               help="A step where no pitch passes --threshold sounds its most probable pitch if that is above "
-              "this: fills the rests of a model unsure which note a step holds. Default: the model's own, else none.")
+              "this (below --threshold): fills the rests of a model unsure which note a step holds. "
+              "Default: the model's own, else none.")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True),
               help="Sequence models (lstm, gru, transformer) draw their cells: below 1 safer, above 1 wilder. "
               "Default: the model's own, else 1. The DCGAN uses --threshold instead.")

@@ -78,8 +78,9 @@ def test_fill_sounds_the_most_probable_pitch_of_a_silent_step_only():
     sounding[10, 4:8] = 0.2
     sounding[12, 5] = 0.46
     assert notes(PianoRoll.decode(np.stack([sounding, onset]), fill=0.4, min_length=2)) == [(40, 0, 4), (40, 8, 12)]
+    assert notes(PianoRoll.decode(planes, fill=0.6)) == [(40, 0, 4), (40, 8, 12)]  # above the threshold: nothing
     with pytest.raises(ValueError, match="fill"):
-        PianoRoll.decode(planes, fill=0.6)
+        PianoRoll.decode(planes, fill=1.0)
 
 
 @settings(max_examples=50, deadline=None)
