@@ -69,19 +69,28 @@ def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Gen
 
 
 def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Generator | None = None,
-              width: float = 0.5) -> torch.Tensor:
+              width: float = 0.5, fill: float | None = None) -> torch.Tensor:
     """Generated probabilities as the discriminator judges them, and, for the onset encoding, read
     as the decoder reads them (:func:`as_decoded`). ``binarize`` (:data:`BINARIZE`) makes 0/1 cells
     like the real rolls, with straight-through gradients (forward: the 0/1 cells; backward: the
     identity): "threshold" sounds a cell above 0.5; "sample" sounds it above a threshold drawn for
     each cell from 0.5 ± ``width`` (from ``rng``), so a cell left near 0.5 is a coin flip that the
     discriminator sees (``width`` 0.5: each cell sounds with its probability); "none" shows the
-    probabilities."""
+    probabilities. With ``fill`` (binarized fakes only), a step of the sounding plane where no cell
+    sounds sounds its most probable pitch if that is above ``fill``, as the decoding's ``fill`` does
+    (:meth:`PianoRoll.decode`)."""
     if binarize != "none":
         cut = 0.5
         if binarize == "sample":
             cut = 0.5 + width * (2 * torch.rand(probs.shape, device=probs.device, generator=rng) - 1)
-        probs = probs + ((probs > cut).to(probs.dtype) - probs).detach()
+        hard = probs > cut
+        if fill is not None:
+            sounding = probs[:, 0].detach()  # [B, P, T]
+            top, pitch = sounding.max(dim=1)
+            silent = ~hard[:, 0].any(dim=1) & (top > fill)  # [B, T]
+            filled = F.one_hot(pitch, sounding.shape[1]).transpose(1, 2).bool() & silent[:, None]
+            hard = torch.cat([hard[:, :1] | filled[:, None], hard[:, 1:]], dim=1)
+        probs = probs + (hard.to(probs.dtype) - probs).detach()
     return as_decoded(probs) if encoding == "onset" else probs
 
 

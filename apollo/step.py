@@ -156,7 +156,8 @@ class TrainingStep:
             last = k == n_critic - 1
             with autocast, torch.set_grad_enabled(last):  # the last fakes also train G below
                 probs = self.G(noise.contiguous(memory_format=layout))
-                fake = as_judged(probs, config.binarize, self.encoding, self.rng, config.binarize_width)
+                fake = as_judged(probs, config.binarize, self.encoding, self.rng, config.binarize_width,
+                                 config.binarize_fill)
             with autocast:
                 seen_real, seen_fake = self.seen_by_d(real), self.seen_by_d(fake.detach())
                 lazy_r1 = config.r1 and kind != "wgan-gp" and step % R1_EVERY == 0

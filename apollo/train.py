@@ -85,6 +85,9 @@ class TrainConfig:
     # (apollo.losses.as_judged).
     binarize: str = "threshold"
     binarize_width: float = 0.2  # "sample" only; 0.5: each cell sounds with its probability
+    # D sees a silent step's most probable pitch sound above this, as a decoding with `fill` writes
+    # it (binarized fakes only; None: off).
+    binarize_fill: float | None = None
     augment_transpose: int = 0  # D sees real and fake rolls moved by random -N..N semitones (0: off)
     augment_shift: int = 16  # D sees real and fake rolls moved by random -N..N steps in time (0: off)
     # ... in whole beats, so that D still sees where the beats fall: moved by any number of steps,
@@ -135,6 +138,8 @@ class TrainConfig:
             raise ValueError(f"binarize must be one of {', '.join(BINARIZE)}, got {self.binarize!r}")
         if not 0 < self.binarize_width <= 0.5:
             raise ValueError(f"binarize_width must be in (0, 0.5], got {self.binarize_width}")
+        if self.binarize_fill is not None and not 0 < self.binarize_fill < 1:
+            raise ValueError(f"binarize_fill must lie strictly between 0 and 1, got {self.binarize_fill}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "log_every"):

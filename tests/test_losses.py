@@ -8,7 +8,7 @@ import torch
 
 from apollo import losses
 from apollo.dataset import RollDataset
-from apollo.roll import PianoRoll
+from apollo.roll import Grid, PianoRoll
 
 
 @pytest.fixture
@@ -67,3 +67,19 @@ def test_binarized_fakes_are_0_1_with_straight_through_gradients():
     cells = torch.tensor([0.25, 0.55, 0.75]).repeat(20_000, 1)
     narrow = losses.as_judged(cells, "sample", "pianoroll", torch.Generator().manual_seed(2), width=0.2).mean(0)
     assert narrow[0] == 0 and narrow[2] == 1 and abs(narrow[1] - 0.625) < 0.01
+
+
+def test_judged_fill_is_the_decodings_fill():
+    """With ``fill``, the discriminator sees the cells a decoding with that fill sounds (before
+    ``min_length``), for both encodings; gradients still pass straight through."""
+    probs = torch.rand(4, 2, 16, 64, generator=torch.Generator().manual_seed(0)) * 0.62
+    probs.requires_grad_(True)
+    judged = losses.as_judged(probs, "threshold", "onset", fill=0.4)
+    plain = losses.as_judged(probs, "threshold", "onset")
+    assert judged[:, 0].sum() > plain[:, 0].sum()  # there were silent steps to fill
+    for planes, seen in zip(probs.detach().numpy(), judged.detach().numpy()):
+        decoded = PianoRoll.decode(planes, "onset", Grid(lowest_pitch=40, n_pitches=16), fill=0.4)
+        assert np.array_equal(decoded.encode("onset"), seen.astype(bool))
+    one_plane = probs.detach()[:, :1].clone().requires_grad_(True)
+    losses.as_judged(one_plane, "threshold", "pianoroll", fill=0.4).sum().backward()
+    assert torch.equal(one_plane.grad, torch.ones_like(one_plane))
