@@ -27,6 +27,8 @@ def export(onnx_path: Path, checkpoint: str | None, run: Path | None) -> None:
     click.echo(f"Wrote {result.onnx}: {spec['input']['name']} {spec['input']['shape']} -> "
                f"{spec['output']['name']} {spec['output']['shape']}, opset {spec['opset']}, "
                f"{result.onnx.stat().st_size / 1e6:.1f} MB")
+    decoding = spec["decoding"]
+    fill = "" if decoding["fill"] is None else f", fill {decoding['fill']:g}"
     click.echo(f"Wrote {result.json}: grid, encoding {spec['encoding']}, tempo {spec['tempo']:g}, decoding "
-               "(threshold {threshold:g}, onset threshold {onset_threshold:g}, min length {min_length}), "
-               "window chaining, provenance".format(**spec["decoding"]))
+               "(threshold {threshold:g}, onset threshold {onset_threshold:g}, min length {min_length}".format(**decoding)
+               + f"{fill}), window chaining, provenance")
