@@ -90,10 +90,11 @@ def candidates(
     thresholds: Iterable[float] = (0.4, 0.425, 0.45, 0.475, 0.5, 0.525, 0.55),
     onset_thresholds: Iterable[float] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8),
     min_length: int = MIN_LENGTH,
+    fill: float | None = None,
 ) -> list[Decoding]:
     """Every pairing of the thresholds, skipping onset thresholds below the sounding one."""
     pairs = itertools.product(thresholds, onset_thresholds)
-    return [Decoding(t, o, min_length) for t, o in pairs if o >= t]
+    return [Decoding(t, o, min_length, fill) for t, o in pairs if o >= t]
 
 
 @dataclass(frozen=True)
@@ -141,13 +142,16 @@ def calibrate(
     moves: Sequence[int] | None = None,
     tolerance: float | None = None,
     min_gain: float = MIN_GAIN,
+    judged: Decoding = Decoding(),
 ) -> tuple[Decoding, list[Trial]]:
     """The decoding to ship with a model, and every trial, best first (:func:`choose`).
 
     ``probabilities`` are the model's samples (``[planes, pitches, steps]`` each); ``moves``
     transposes each decoded sample (a model trained in one key, as ``apollo generate`` does) before
     it is measured against ``reference``, real music of the validation split (choose there, report
-    on test). ``decodings`` defaults to :func:`candidates`; the default :class:`Decoding` is always tried, as the baseline.
+    on test). ``decodings`` defaults to :func:`candidates` (with ``judged``'s fill); ``judged``, the
+    decoding the model's discriminator judged in training (the defaults, with the run's
+    ``binarize_fill``), is always tried, as the baseline.
     ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`; ``min_gain`` is what a candidate
     must gain over the default to replace it.
     """
@@ -158,10 +162,10 @@ def calibrate(
     moves = list(moves) if moves is not None else [0] * len(probabilities)
     if len(moves) != len(probabilities):
         raise ValueError(f"{len(moves)} moves for {len(probabilities)} samples")
-    decodings = list(candidates() if decodings is None else decodings)
-    default = Decoding().effective
+    decodings = list(candidates(fill=judged.fill) if decodings is None else decodings)
+    default = judged.effective
     if all(decoding.effective != default for decoding in decodings):
-        decodings.append(Decoding())
+        decodings.append(judged)
     trials = []
     for decoding in decodings:
         rolls = [decoding.decode(p, encoding, grid, tempo) for p in probabilities]

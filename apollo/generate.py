@@ -181,8 +181,11 @@ class ModelSpec:
             raise ApolloError(f"the model makes {planes} plane(s) but its metadata names encoding {encoding!r}")
         tempo = float(meta.get("tempo") or data.get("tempo") or DEFAULT_TEMPO)
         moves = meta.get("key_moves")
+        # A model without a saved decoding decodes as its discriminator judged it: with the fill
+        # it was trained to be judged with, if any (TrainConfig.binarize_fill).
+        saved = meta.get("decoding") or {"fill": (meta.get("train_config") or {}).get("binarize_fill")}
         try:
-            decoding = Decoding.from_dict(meta.get("decoding"))
+            decoding = Decoding.from_dict(saved)
         except (TypeError, ValueError) as error:
             raise ApolloError(f"the model's saved decoding is not valid: {error}") from None
         return cls(grid, encoding, int(data.get("n_steps") or model.get("n_steps", 256)), tempo,

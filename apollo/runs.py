@@ -162,9 +162,10 @@ class RunLog:
         self.writer.close()
 
 
-def generate_rolls(generator, noise, dataset_config, batch: int = 64) -> list[PianoRoll]:
+def generate_rolls(generator, noise, dataset_config, batch: int = 64, fill: float | None = None) -> list[PianoRoll]:
     """Rolls from the generator in eval mode, in float32, decoded as ``apollo generate`` decodes a
-    model without a decoding of its own (:class:`~apollo.decoding.Decoding`'s defaults)."""
+    model without a decoding of its own (:class:`~apollo.decoding.Decoding`'s defaults, with the
+    ``fill`` its discriminator judged, ``TrainConfig.binarize_fill``)."""
     import torch
 
     from apollo.decoding import Decoding
@@ -176,7 +177,7 @@ def generate_rolls(generator, noise, dataset_config, batch: int = 64) -> list[Pi
             probs = torch.cat([generator(z).float().cpu() for z in noise.split(batch)])
     finally:
         generator.train(was_training)
-    decoding = Decoding()
+    decoding = Decoding(fill=fill)
     return [decoding.decode(p.numpy(), dataset_config.encoding, dataset_config.grid, SAMPLE_TEMPO) for p in probs]
 
 

@@ -446,12 +446,14 @@ def train(
         })
 
     def write_sample_set() -> None:
-        rolls = generate_rolls(networks.sampler, fixed_noise[: config.n_samples], train_set.config)
+        rolls = generate_rolls(networks.sampler, fixed_noise[: config.n_samples], train_set.config,
+                               fill=config.binarize_fill)
         log.image("samples", write_samples(rolls, run_dir / "samples" / f"step-{step:06d}"), step)
 
     def evaluate_and_keep_best() -> None:
         nonlocal best
-        quality = evaluate(generate_rolls(networks.sampler, fixed_noise[: config.n_eval], train_set.config), reference)
+        made = generate_rolls(networks.sampler, fixed_noise[: config.n_eval], train_set.config, fill=config.binarize_fill)
+        quality = evaluate(made, reference)
         log.scalars(step, quality, prefix="eval/")
         duplicates = quality["near_duplicate_rate"] or 0.0  # None: fewer than two pieces
         silence = (quality["empty_bar_rate"] or 0.0) - (quality["real/empty_bar_rate"] or 0.0)

@@ -87,10 +87,11 @@ def main() -> None:
         choose_temperature(args, generator, spec, seeds, reference, split, provenance)
         return
     probabilities = [sample_probabilities(generator, spec.n_steps, seed) for seed in seeds]
-    choice, trials = calibrate(probabilities, reference, encoding=spec.encoding, grid=spec.grid,
-                               tempo=spec.tempo, moves=[key_move(spec, seed) for seed in seeds], min_gain=args.min_gain)
+    judged = Decoding(fill=spec.decoding.fill)  # a model trained with binarize_fill keeps its fill
+    choice, trials = calibrate(probabilities, reference, encoding=spec.encoding, grid=spec.grid, tempo=spec.tempo,
+                               moves=[key_move(spec, seed) for seed in seeds], min_gain=args.min_gain, judged=judged)
     print(f"{args.n} samples against {len(reference)} {split} rolls of {args.data} ({time.perf_counter() - t0:.0f} s)")
-    baseline = next(t for t in trials if t.decoding.effective == Decoding().effective)
+    baseline = next(t for t in trials if t.decoding.effective == judged.effective)
     print("| decoding | mean OA | keeps what the default keeps | outside 10 % | notes / bar | qualified notes | polyphony |")
     print("|---|---|---|---|---|---|---|")
     for t in trials:

@@ -56,6 +56,12 @@ def test_calibration_chooses_the_decoding_that_gives_back_the_music(chorale_chun
     _, others = calibrate(probabilities, chorale_chunks, encoding="onset", grid=Grid(), tempo=100, decodings=tried[1:])
     assert len(others) == 3 and Decoding() in [t.decoding for t in others]
     assert trials[0].passes and trials[0].misses == () and trials[0].mean_oa > 0.95
+    # A model judged with a fill in training: its judged decoding is the baseline, tried once.
+    judged = Decoding(fill=0.3)
+    _, with_fill = calibrate(probabilities, chorale_chunks, encoding="onset", grid=Grid(), tempo=100,
+                             decodings=[Decoding(0.5, 0.7, fill=0.3)], judged=judged)
+    assert [t.decoding for t in with_fill] == [Decoding(0.5, 0.7, fill=0.3), judged]
+    assert all(d.fill == 0.3 for d in candidates(fill=0.3))
     split = next(t for t in trials if t.decoding == Decoding(0.5, 0.5))
     assert not split.passes and "note_density" in split.misses
     assert split.report["values"]["note_density"] > 1.1 * split.report["values"]["real/note_density"]

@@ -16,9 +16,12 @@ import apollo.dataset as dataset_module
 from apollo.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from apollo.cli.main import cli
 from apollo.dataset import DatasetConfig, RollDataset
+from apollo.decoding import Decoding
 from apollo.errors import ApolloError
+from apollo.generate import ModelSpec, export_model
 from apollo.model import PRESETS, Discriminator, ModelConfig
 from apollo.preprocess import preprocess
+from apollo.runs import generate_rolls
 from apollo.step import lr_scale
 from apollo.terms import TERMS
 from apollo.train import TrainConfig, latest_checkpoint, saved_train_config, train
@@ -133,6 +136,23 @@ def test_the_checkpoint_alone_rebuilds_the_generator(data, tmp_path):
     assert meta["model_config"]["width"] == 8
     rolls = generator(generator.sample_noise(3))
     assert rolls.shape == (3, 2, 64, 256) and 0 <= rolls.min() and rolls.max() <= 1
+
+
+def test_a_run_judged_with_fill_is_evaluated_and_decoded_with_it(data, tmp_path):
+    """The trainer's evaluations, the checkpoint and its export decode as the discriminator judged:
+    with the run's ``binarize_fill``; a run without it keeps the plain default."""
+    noise = torch.randn(4, 7, 2, 8, generator=torch.Generator().manual_seed(0))
+    run = train(TrainConfig(steps=4, binarize_fill=0.2, **TINY), data=data, run=tmp_path / "run", progress=False)
+    generator, meta = load_generator(run / "checkpoints" / "last.pt")
+    assert ModelSpec.from_meta(meta).decoding == Decoding(fill=0.2)
+    dataset_config = RollDataset(data, split="train").config
+    filled = generate_rolls(generator, noise, dataset_config, fill=0.01)  # 4 steps in, every cell is low
+    plain = generate_rolls(generator, noise, dataset_config)
+    assert sum(r.cells.any(axis=0).sum() for r in filled) > sum(r.cells.any(axis=0).sum() for r in plain)
+    exported = export_model(run / "checkpoints" / "last.pt", tmp_path / "m.safetensors")
+    assert ModelSpec.from_meta(load_generator(exported)[1]).decoding == Decoding(fill=0.2)
+    plain_run = train(TrainConfig(steps=2, **TINY), data=data, run=tmp_path / "plain", progress=False)
+    assert ModelSpec.from_meta(load_generator(plain_run / "checkpoints" / "last.pt")[1]).decoding == Decoding()
 
 
 @pytest.mark.parametrize("binarize", ["threshold", "sample"])
