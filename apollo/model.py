@@ -8,6 +8,8 @@ Shapes for the default grid (64 pitches, 256 steps), width ``w``, ``n_layers = 5
 
     generator      noise [C, 2, 8] -> [8w, 4, 16] -> [4w, 8, 32] -> [2w, 16, 64] -> [w, 32, 128]
                    -> [roll_channels, 64, 256], sigmoid (the probability of each cell)
+                   (with ``voices``: a pitch map and a rest map per voice in place of the
+                   sounding plane; each voice picks one pitch or a rest per step)
     discriminator  [roll_channels, 64, 256] -> [w, 32, 128] -> [2w, 16, 64] -> [4w, 8, 32]
                    -> [8w, 4, 16] -> [w, 2, 8] -> flatten 16w -> 4w -> 1 logit
 
@@ -56,6 +58,7 @@ class ModelConfig:
     refine: bool = False  # G ends in a stride-1 convolution over neighbouring pitches and steps
     style: int = 0  # G reads this many numbers from the whole noise and gives them to every position (0: off)
     pitch_bias: bool = False  # G adds a learned bias per pitch row to its logits: which pitches sound at all
+    voices: int = 0  # G writes each step as this many voices, each one pitch or a rest (0: every cell on its own)
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers
@@ -70,6 +73,8 @@ class ModelConfig:
             raise ValueError("minibatch_std and nearest must be group sizes (0: off)")
         if self.style < 0:
             raise ValueError("style must be a number of channels (0: off)")
+        if self.voices < 0:
+            raise ValueError("voices must be a number of voices (0: off)")
         if self.kernel % 2:
             raise ValueError("kernel must be even so that a stride-2 layer exactly halves or doubles")
         for name, value, allowed in (
@@ -88,6 +93,12 @@ class ModelConfig:
     def hidden_widths(self) -> list[int]:
         """Widths after each hidden generator layer, widest first: e.g. 1024, 512, 256, 128."""
         return [self.width * 2**i for i in reversed(range(self.n_layers - 1))]
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the generator's last layer: one per roll plane, or with ``voices`` a pitch map
+        and a rest map per voice in place of the sounding plane."""
+        return self.roll_channels + (2 * self.voices - 1 if self.voices else 0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,10 +130,10 @@ class Generator(nn.Module):
             layers.append(nn.ConvTranspose2d(widths[-1], widths[-1] // 2, k, stride=2, padding=pad, bias=False))
             layers.append(norm_layer(config.generator_norm, widths[-1] // 2))
             layers.append(nn.ReLU(inplace=True))
-            layers.append(nn.Conv2d(widths[-1] // 2, config.roll_channels, REFINE_KERNEL,
+            layers.append(nn.Conv2d(widths[-1] // 2, config.output_channels, REFINE_KERNEL,
                                     padding=tuple(size // 2 for size in REFINE_KERNEL)))
         else:
-            layers.append(nn.ConvTranspose2d(widths[-1], config.roll_channels, k, stride=2, padding=pad))
+            layers.append(nn.ConvTranspose2d(widths[-1], config.output_channels, k, stride=2, padding=pad))
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
         for layer in self.net:
@@ -131,6 +142,8 @@ class Generator(nn.Module):
         # Start from sparse rolls, as music is (about 5 % of cells sound), not from coin flips:
         # with fakes binarized for the discriminator, 50 % would mean a flood of notes at first.
         nn.init.constant_(self.net[-1].bias, OUTPUT_BIAS)
+        if config.voices:  # each voice starts as an even choice among its pitches and the rest
+            nn.init.zeros_(self.net[-1].bias[: 2 * config.voices])
         # A key is a choice among the 12 pitch classes, which convolutions along pitch cannot make
         # (they see a few semitones at a time): one bias per pitch class, read from the noise,
         # added to every octave of that class.
@@ -151,10 +164,33 @@ class Generator(nn.Module):
         self.pitch_bias = nn.Parameter(torch.zeros(config.roll_channels, config.n_pitches, 1)) if config.pitch_bias else None
 
     def forward(self, noise: torch.Tensor, whole: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.sigmoid(self.logits(noise, whole))
+        outputs = self.outputs(noise, whole)
+        if not self.config.voices:
+            return torch.sigmoid(outputs)
+        return torch.cat([self.sounding(outputs), torch.sigmoid(outputs[:, 2 * self.config.voices:])], dim=1)
 
     def logits(self, noise: torch.Tensor, whole: torch.Tensor | None = None) -> torch.Tensor:
-        """``whole`` (default: ``noise``, same shape) is the noise the whole-piece choices, the key
+        """The logit of each cell's probability (what :meth:`forward` returns before its sigmoid)."""
+        if not self.config.voices:
+            return self.outputs(noise, whole)
+        return torch.logit(self(noise, whole), eps=1e-6)
+
+    def sounding(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The sounding plane [B, 1, P, T] from the voices' maps (``voices`` only).
+
+        Monophonic music has one note a step and a chorale four, which a cell-by-cell sigmoid cannot
+        say: a step torn between two pitches sounds both, or neither. Each voice instead picks one
+        of the pitches or a rest at each step (a softmax; its rest logit is the mean of its rest
+        map over pitches), and a cell sounds if any voice sounds it (docs/model.md)."""
+        n = self.config.voices
+        rest = outputs[:, n : 2 * n].mean(dim=2, keepdim=True)
+        choice = torch.softmax(torch.cat([outputs[:, :n], rest], dim=2).float(), dim=2)[:, :, :-1]
+        return 1 - torch.prod(1 - choice, dim=1, keepdim=True)
+
+    def outputs(self, noise: torch.Tensor, whole: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's maps [B, output_channels, P, T] with the pitch and key biases added.
+
+        ``whole`` (default: ``noise``, same shape) is the noise the whole-piece choices, the key
         and the style numbers, are read from. The windows of one long piece all pass the first
         window's, so the piece keeps one key and one character (:mod:`apollo.generate`)."""
         whole = (noise if whole is None else whole).flatten(1)
@@ -162,13 +198,18 @@ class Generator(nn.Module):
         if self.style is not None:
             style = self.style(whole)[:, :, None, None].expand(-1, -1, *noise.shape[2:])
             inputs = torch.cat([noise, style], dim=1)
-        logits = self.net(inputs)
+        outputs = self.net(inputs)
+        bias = torch.zeros(1, self.config.roll_channels, self.config.n_pitches, 1, device=noise.device)
         if self.pitch_bias is not None:
-            logits = logits + self.pitch_bias
+            bias = bias + self.pitch_bias
         if self.key is not None:
             rows = torch.arange(self.config.n_pitches, device=noise.device) % PITCH_CLASSES
-            logits = logits + self.key(whole)[:, None, rows, None]
-        return logits
+            bias = bias + self.key(whole)[:, None, rows, None]
+        if self.config.voices:  # each voice's pitch map takes the sounding plane's bias, rest maps none
+            n = self.config.voices
+            bias = torch.cat([bias[:, :1].expand(-1, n, -1, -1), torch.zeros_like(bias[:, :1]).expand(-1, n, -1, -1),
+                              bias[:, 1:]], dim=1)
+        return outputs + bias
 
     @property
     def reads_whole(self) -> bool:

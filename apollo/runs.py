@@ -37,7 +37,8 @@ GAN_KEYS = ("discriminator", "d_optimizer")  # what a DCGAN's checkpoint holds b
 SAMPLE_TEMPO = 100.0  # beats per minute of the sample MIDI files
 # Settings added after runs were already saved without them: such a run goes on as it trained.
 OFF_IN_OLDER_RUNS = {"augment_shift": 0, "r1": 0.0, "ema": 0.0, "shift_in_beats": False, "chroma": False,
-                     "rhythm": False, "refine": False, "style": 0, "pitch_bias": False, "best_max_duplicates": 1.0}
+                     "rhythm": False, "refine": False, "style": 0, "pitch_bias": False, "best_max_duplicates": 1.0,
+                     "voices": 0}
 # Before the term registry, each generator term was a config field of its own, in this order.
 TERM_FIELDS = ("diversity", "character", "texture", "lengths", "ending", "confidence", "closeness",
                "length_mix", "silence")

@@ -49,7 +49,7 @@ __all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_check
 
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 # Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
-MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest")
+MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest", "voices")
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class TrainConfig:
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
     pitch_bias: bool = True  # the generator's learned bias per pitch row (ModelConfig.pitch_bias; docs/model.md)
+    voices: int = 0  # the generator writes each step as this many voices, one pitch or a rest each (ModelConfig.voices; 0: off)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 only where the hardware has it
@@ -145,6 +146,9 @@ class TrainConfig:
         for name in ("batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for name in ("style", "voices"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0 (0: off), got {getattr(self, name)}")
         if self.steps is not None and self.steps < 0 or self.minutes is not None and self.minutes < 0:
             raise ValueError("steps and minutes must not be negative")
         if self.lr_decay_steps < 0 or not 0 <= self.lr_floor <= 1:
@@ -204,6 +208,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig |
         refine=config.refine,
         style=config.style,
         pitch_bias=config.pitch_bias,
+        voices=config.voices,
     )
 
 

@@ -154,6 +154,18 @@ def test_any_checkpoint(tmp_path):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
+def test_a_generator_with_voices(tmp_path):
+    torch.manual_seed(0)
+    generator = Generator(ModelConfig(width=8, voices=4, chroma=True, pitch_bias=True)).eval()
+    meta = {"dataset_config": {"grid": {"lowest_pitch": 30, "n_pitches": 64, "steps_per_beat": 4},
+                               "encoding": "onset", "n_steps": 256}}
+    save_generator(tmp_path / "voices.safetensors", generator, meta)
+    result = export_onnx(tmp_path / "out" / "voices.onnx", checkpoint=tmp_path / "voices.safetensors")
+    session = ort.InferenceSession(str(result.onnx), providers=["CPUExecutionProvider"])
+    got, expected = run_both(session, generator, generator.sample_noise(3, torch.Generator().manual_seed(1)))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
 def test_cli_prints_what_it_wrote(tmp_path):
     out = tmp_path / "web" / "model.onnx"
     result = CliRunner().invoke(cli, ["export", "--onnx", str(out), "--checkpoint", "bundled"])

@@ -271,3 +271,35 @@ def test_refine_ends_the_generator_in_a_stride_1_layer_that_sees_neighbouring_st
     assert steps == [98, 99, 100, 101, 102] and pitches == [29, 30, 31]
     assert g(g.sample_noise(2)).shape == (2, 2, 64, 256)
 
+
+
+def test_a_voice_sounds_one_pitch_or_rests_and_a_cell_sounds_if_any_voice_sounds_it():
+    g = Generator(ModelConfig(width=8, voices=2, pitch_bias=True)).eval()
+    assert g.net[-1].out_channels == 2 * 2 + 1  # a pitch and a rest map per voice, then the onset plane
+    outputs = torch.full((1, 5, 64, 4), -20.0)
+    outputs[:, 0, 10] = 20.0  # voice 0 sounds pitch 10 at every step
+    outputs[:, 1, 12, :2] = 20.0  # voice 1 sounds pitch 12 at steps 0 and 1 ...
+    outputs[:, 3, :, 2:] = 20.0  # ... and rests at steps 2 and 3 (its rest map)
+    sounding = g.sounding(outputs)[0, 0]
+    assert sounding.shape == (64, 4)
+    assert (sounding > 0.5).nonzero().tolist() == [[10, 0], [10, 1], [10, 2], [10, 3], [12, 0], [12, 1]]
+    # Anywhere between, the union of the voices' choices among their pitches and a rest.
+    outputs = torch.randn(2, 5, 64, 256)
+    choice = torch.softmax(torch.cat([outputs[:, :2], outputs[:, 2:4].mean(2, keepdim=True)], dim=2), dim=2)[:, :, :-1]
+    expected = 1 - (1 - choice[:, 0]) * (1 - choice[:, 1])
+    assert torch.allclose(g.sounding(outputs)[:, 0], expected, atol=1e-6)
+
+
+def test_one_voice_sounds_at_most_one_cell_a_step_and_logits_are_the_probabilities():
+    g = Generator(ModelConfig(width=8, voices=1, chroma=True)).eval()
+    noise = g.sample_noise(4, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        g.net[-1].weight.mul_(50.0)  # a sure generator: some voices choose a pitch outright
+        probabilities = g(noise)
+        logits = g.logits(noise)
+    assert probabilities.shape == (4, 2, 64, 256)
+    sounding = (probabilities[:, 0] > 0.5).sum(dim=1)  # [B, T]: cells above the threshold per step
+    assert sounding.max() == 1 and sounding.sum() > 0
+    assert torch.allclose(torch.sigmoid(logits), probabilities, atol=1e-5)
+    # The onset plane stays a sigmoid of its own map, with the key's bias as without voices.
+    assert torch.allclose(probabilities[:, 1], torch.sigmoid(g.outputs(noise)[:, 2]), atol=1e-6)
