@@ -199,17 +199,22 @@ class Generator(nn.Module):
             style = self.style(whole)[:, :, None, None].expand(-1, -1, *noise.shape[2:])
             inputs = torch.cat([noise, style], dim=1)
         outputs = self.net(inputs)
-        bias = torch.zeros(1, self.config.roll_channels, self.config.n_pitches, 1, device=noise.device)
         if self.pitch_bias is not None:
-            bias = bias + self.pitch_bias
+            outputs = outputs + self.per_map(self.pitch_bias[None])
         if self.key is not None:
             rows = torch.arange(self.config.n_pitches, device=noise.device) % PITCH_CLASSES
-            bias = bias + self.key(whole)[:, None, rows, None]
-        if self.config.voices:  # each voice's pitch map takes the sounding plane's bias, rest maps none
-            n = self.config.voices
-            bias = torch.cat([bias[:, :1].expand(-1, n, -1, -1), torch.zeros_like(bias[:, :1]).expand(-1, n, -1, -1),
-                              bias[:, 1:]], dim=1)
-        return outputs + bias
+            key = self.key(whole)[:, None, rows, None].expand(-1, self.config.roll_channels, -1, -1)
+            outputs = outputs + self.per_map(key)
+        return outputs
+
+    def per_map(self, bias: torch.Tensor) -> torch.Tensor:
+        """A bias per roll plane [B, roll_channels, P, 1] as one per output map: with ``voices``, each
+        voice's pitch map takes the sounding plane's, its rest map none."""
+        if not self.config.voices:
+            return bias
+        n = self.config.voices
+        sounding = bias[:, :1].expand(-1, n, -1, -1)
+        return torch.cat([sounding, torch.zeros_like(sounding), bias[:, 1:]], dim=1)
 
     @property
     def reads_whole(self) -> bool:
