@@ -291,15 +291,18 @@ def test_a_voice_sounds_one_pitch_or_rests_and_a_cell_sounds_if_any_voice_sounds
 
 
 def test_one_voice_sounds_at_most_one_cell_a_step_and_logits_are_the_probabilities():
-    g = Generator(ModelConfig(width=8, voices=1, chroma=True)).eval()
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(width=8, voices=1, chroma=True, pitch_bias=True)).eval()
     noise = g.sample_noise(4, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        g.net[-1].weight.mul_(50.0)  # a sure generator: some voices choose a pitch outright
+        g.net[-1].weight.mul_(50.0)  # a sure generator: its cells far from 0.5 either way
         probabilities = g(noise)
         logits = g.logits(noise)
+        g.pitch_bias[0, 20] = 100.0  # the voice's pitch 20 outweighs everything else, the rest too
+        sure = g(noise)
     assert probabilities.shape == (4, 2, 64, 256)
-    sounding = (probabilities[:, 0] > 0.5).sum(dim=1)  # [B, T]: cells above the threshold per step
-    assert sounding.max() == 1 and sounding.sum() > 0
+    assert (probabilities[:, 0] > 0.5).sum(dim=1).max() <= 1  # at most one cell per step
+    assert ((sure[:, 0] > 0.5).nonzero()[:, 1] == 20).all() and ((sure[:, 0] > 0.5).sum(dim=1) == 1).all()
     assert torch.allclose(torch.sigmoid(logits), probabilities, atol=1e-5)
     # The onset plane stays a sigmoid of its own map, with the key's bias as without voices.
     assert torch.allclose(probabilities[:, 1], torch.sigmoid(g.outputs(noise)[:, 2]), atol=1e-6)
