@@ -89,12 +89,14 @@ class Decoding:
 def candidates(
     thresholds: Iterable[float] = (0.4, 0.425, 0.45, 0.475, 0.5, 0.525, 0.55),
     onset_thresholds: Iterable[float] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8),
-    min_length: int = MIN_LENGTH,
+    min_lengths: Iterable[int] = (MIN_LENGTH,),
     fill: float | None = None,
 ) -> list[Decoding]:
-    """Every pairing of the thresholds, skipping onset thresholds below the sounding one."""
-    pairs = itertools.product(thresholds, onset_thresholds)
-    return [Decoding(t, o, min_length, fill) for t, o in pairs if o >= t]
+    """Every pairing of the thresholds, skipping onset thresholds below the sounding one, with each
+    shortest sound (the default's alone unless asked: a model's one-step cells are blips or notes
+    depending on the model and the music)."""
+    triples = itertools.product(min_lengths, thresholds, onset_thresholds)
+    return [Decoding(t, o, m, fill) for m, t, o in triples if o >= t]
 
 
 @dataclass(frozen=True)
@@ -143,13 +145,15 @@ def calibrate(
     tolerance: float | None = None,
     min_gain: float = MIN_GAIN,
     judged: Decoding = Decoding(),
+    min_lengths: Iterable[int] = (MIN_LENGTH,),
 ) -> tuple[Decoding, list[Trial]]:
     """The decoding to ship with a model, and every trial, best first (:func:`choose`).
 
     ``probabilities`` are the model's samples (``[planes, pitches, steps]`` each); ``moves``
     transposes each decoded sample (a model trained in one key, as ``apollo generate`` does) before
     it is measured against ``reference``, real music of the validation split (choose there, report
-    on test). ``decodings`` defaults to :func:`candidates` (with ``judged``'s fill); ``judged``, the
+    on test). ``decodings`` defaults to :func:`candidates` (with ``judged``'s fill and each of
+    ``min_lengths``); ``judged``, the
     decoding the model's discriminator judged in training (the defaults, with the run's
     ``binarize_fill``), is always tried, as the baseline.
     ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`; ``min_gain`` is what a candidate
@@ -162,7 +166,7 @@ def calibrate(
     moves = list(moves) if moves is not None else [0] * len(probabilities)
     if len(moves) != len(probabilities):
         raise ValueError(f"{len(moves)} moves for {len(probabilities)} samples")
-    decodings = list(candidates(fill=judged.fill) if decodings is None else decodings)
+    decodings = list(candidates(min_lengths=min_lengths, fill=judged.fill) if decodings is None else decodings)
     default = judged.effective
     if all(decoding.effective != default for decoding in decodings):
         decodings.append(judged)

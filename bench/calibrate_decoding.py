@@ -15,6 +15,9 @@ gains more than ``--min-gain`` over the default; else the default, which the dis
 
     python bench/calibrate_decoding.py runs/NAME/checkpoints/best.pt --data datasets/bach-chorales
 
+``--min-lengths 1 2`` also tries each threshold pair with another shortest sound (the default
+tries the default's, 2 steps, alone).
+
 ``--export FILE.safetensors`` then exports the model with the chosen decoding, keeping the
 provenance of ``--provenance FILE.json`` (an earlier export's JSON). The bundled model::
 
@@ -31,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from apollo.decoding import MIN_GAIN, Decoding, calibrate, choose
+from apollo.decoding import MIN_GAIN, MIN_LENGTH, Decoding, calibrate, choose
 from apollo.dataset import read_manifest
 from apollo.errors import ApolloError
 from apollo.evaluate import load_rolls
@@ -57,6 +60,9 @@ def main() -> None:
     parser.add_argument("--provenance", help="JSON of an earlier export whose provenance the export keeps")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.8, 0.9, 1.0],
                         help="a sequence model's candidate temperatures (1 is always tried)")
+    parser.add_argument("--min-lengths", type=int, nargs="+", default=[MIN_LENGTH],
+                        help=f"shortest sounds (steps) to try with every threshold pair (default: {MIN_LENGTH}); "
+                             "a model of fast music may play one-step notes")
     parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
                         help=f"mean OA a candidate must gain over the default to replace it (default: {MIN_GAIN})")
     args = parser.parse_args()
@@ -64,6 +70,8 @@ def main() -> None:
         parser.error(f"-n must be at least 1, got {args.n}")
     if args.min_gain < 0:
         parser.error(f"--min-gain must be at least 0, got {args.min_gain}")
+    if min(args.min_lengths) < 1:
+        parser.error(f"--min-lengths must be at least 1, got {min(args.min_lengths)}")
 
     provenance = {}
     if args.provenance:  # read first: a bad file should not cost a calibration
@@ -89,7 +97,8 @@ def main() -> None:
     probabilities = [sample_probabilities(generator, spec.n_steps, seed) for seed in seeds]
     judged = Decoding(fill=spec.decoding.fill)  # a model trained with binarize_fill keeps its fill
     choice, trials = calibrate(probabilities, reference, encoding=spec.encoding, grid=spec.grid, tempo=spec.tempo,
-                               moves=[key_move(spec, seed) for seed in seeds], min_gain=args.min_gain, judged=judged)
+                               moves=[key_move(spec, seed) for seed in seeds], min_gain=args.min_gain, judged=judged,
+                               min_lengths=args.min_lengths)
     print(f"{args.n} samples against {len(reference)} {split} rolls of {args.data} ({time.perf_counter() - t0:.0f} s)")
     baseline = next(t for t in trials if t.decoding.effective == judged.effective)
     print("| decoding | mean OA | keeps what the default keeps | outside 10 % | notes / bar | qualified notes | polyphony |")

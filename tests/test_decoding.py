@@ -7,7 +7,7 @@ import pytest
 
 from apollo.decoding import MIN_GAIN, Decoding, Trial, calibrate, candidates, choose
 from apollo.evaluate import chunk
-from apollo.roll import HELD, Grid, PianoRoll
+from apollo.roll import HELD, ONSET, Grid, PianoRoll
 
 
 def test_decoding_checks_and_round_trips():
@@ -108,3 +108,24 @@ def test_calibration_moves_each_sample_before_measuring(chorale_chunks):
     assert same.mean_oa > 0.95 and moved.mean_oa < same.mean_oa
     with pytest.raises(ValueError, match="moves"):
         calibrate(probabilities, chorale_chunks, moves=[0], **kwargs)
+
+
+def test_calibration_can_choose_one_step_notes_for_fast_music():
+    """Tunes of sixteenths (one step each): the default shortest sound, 2 steps, deletes most of
+    them; asked to try 1, calibration keeps the music."""
+    rng = np.random.default_rng(0)
+    tunes = []
+    for _ in range(24):
+        cells = np.zeros((64, 128), dtype=np.uint8)
+        line = 30 + np.cumsum(rng.choice([-2, -1, 1, 2], size=128)).clip(-12, 12)
+        cells[line, np.arange(128)] = ONSET
+        tunes.append(PianoRoll(cells))
+    probabilities = [roll.encode("onset").astype(np.float32) * 0.8 + 0.1 for roll in tunes]
+    assert {d.min_length for d in candidates(min_lengths=(1, 2))} == {1, 2}
+    assert len(candidates(min_lengths=(1, 2))) == 2 * len(candidates())
+    choice, trials = calibrate(probabilities, tunes, encoding="onset", grid=Grid(), tempo=100,
+                               decodings=[Decoding(0.5, 0.5, 1)])
+    assert choice == Decoding(0.5, 0.5, 1) and trials[0].mean_oa > 0.95
+    deleted = trials[1]  # the default: only the notes where the line stuck at its edge survive
+    assert deleted.decoding == Decoding() and deleted.mean_oa < trials[0].mean_oa - 0.2
+    assert deleted.report["values"]["note_density"] < 0.5 * deleted.report["values"]["real/note_density"]
