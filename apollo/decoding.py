@@ -153,9 +153,8 @@ def calibrate(
     transposes each decoded sample (a model trained in one key, as ``apollo generate`` does) before
     it is measured against ``reference``, real music of the validation split (choose there, report
     on test). ``decodings`` defaults to :func:`candidates` (with ``judged``'s fill and each of
-    ``min_lengths``); ``judged``, the
-    decoding the model's discriminator judged in training (the defaults, with the run's
-    ``binarize_fill``), is always tried, as the baseline.
+    ``min_lengths``); ``judged``, the decoding the model's discriminator judged in training (the
+    defaults, with the run's ``binarize_fill``), is always tried, as the baseline.
     ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`; ``min_gain`` is what a candidate
     must gain over the default to replace it.
     """
