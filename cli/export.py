@@ -19,6 +19,7 @@ def export(onnx_path: Path, checkpoint: str | None, run: Path | None) -> None:
     Example:
         apollo export --onnx web/apollo.onnx --checkpoint bundled
     """
+    from apollo.decoding import Decoding
     from apollo.export import export_onnx
 
     result = export_onnx(onnx_path, checkpoint=checkpoint, run=run)
@@ -27,8 +28,6 @@ def export(onnx_path: Path, checkpoint: str | None, run: Path | None) -> None:
     click.echo(f"Wrote {result.onnx}: {spec['input']['name']} {spec['input']['shape']} -> "
                f"{spec['output']['name']} {spec['output']['shape']}, opset {spec['opset']}, "
                f"{result.onnx.stat().st_size / 1e6:.1f} MB")
-    decoding = spec["decoding"]
-    fill = "" if decoding["fill"] is None else f", fill {decoding['fill']:g}"
+    decoding = Decoding.from_dict(spec["decoding"])
     click.echo(f"Wrote {result.json}: grid, encoding {spec['encoding']}, tempo {spec['tempo']:g}, decoding "
-               "(threshold {threshold:g}, onset threshold {onset_threshold:g}, min length {min_length}".format(**decoding)
-               + f"{fill}), window chaining, provenance")
+               f"({decoding}), window chaining, provenance")
