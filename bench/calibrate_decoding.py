@@ -83,6 +83,8 @@ def main() -> None:
     t0 = time.perf_counter()
     generator, spec = load_model(find_model(args.checkpoint))
     seeds = range(FIRST_SEED, FIRST_SEED + args.n)
+    if not Path(args.data).exists():
+        raise ApolloError(f"{args.data}: no such dataset")
     try:
         split = "val" if read_manifest(args.data)["counts"].get("test_files") is not None else "train"
     except ApolloError:
@@ -168,3 +170,5 @@ if __name__ == "__main__":
         main()
     except ApolloError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:  # the export is written to a temporary file and renamed, so no half file
+        sys.exit("interrupted; nothing was exported")

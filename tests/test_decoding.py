@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -129,3 +133,15 @@ def test_calibration_can_choose_one_step_notes_for_fast_music():
     deleted = trials[1]  # the default: only the notes where the line stuck at its edge survive
     assert deleted.decoding == Decoding() and deleted.mean_oa < trials[0].mean_oa - 0.2
     assert deleted.report["values"]["note_density"] < 0.5 * deleted.report["values"]["real/note_density"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "no-such-dataset"], "error: no-such-dataset: no such dataset"),
+    (["--data", "no-such-dataset", "--min-lengths", "0"], "--min-lengths must be at least 1"),
+    (["--data", "no-such-dataset", "--min-gain", "-1"], "--min-gain must be at least 0"),
+])
+def test_the_calibration_script_says_what_is_wrong_in_one_line(args, message):
+    script = Path(__file__).resolve().parents[1] / "bench" / "calibrate_decoding.py"
+    result = subprocess.run([sys.executable, str(script), "bundled", *args], capture_output=True, text=True)
+    last = result.stderr.strip().splitlines()[-1]  # argparse prints its usage above the error
+    assert result.returncode != 0 and message in last and "Traceback" not in result.stderr, result.stderr
