@@ -59,6 +59,7 @@ class ModelConfig:
     style: int = 0  # G reads this many numbers from the whole noise and gives them to every position (0: off)
     pitch_bias: bool = False  # G adds a learned bias per pitch row to its logits: which pitches sound at all
     voices: int = 0  # G writes each step as this many voices, each one pitch or a rest (0: every cell on its own)
+    scaled_biases: bool = False  # with voices: the pitch and key biases grow with the spread of each voice's pitch map
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers
@@ -75,6 +76,8 @@ class ModelConfig:
             raise ValueError("style must be a number of channels (0: off)")
         if self.voices < 0:
             raise ValueError("voices must be a number of voices (0: off)")
+        if self.scaled_biases and not self.voices:
+            raise ValueError("scaled_biases scales the voices' biases and needs voices")
         if self.kernel % 2:
             raise ValueError("kernel must be even so that a stride-2 layer exactly halves or doubles")
         for name, value, allowed in (
@@ -199,22 +202,37 @@ class Generator(nn.Module):
             style = self.style(whole)[:, :, None, None].expand(-1, -1, *noise.shape[2:])
             inputs = torch.cat([noise, style], dim=1)
         outputs = self.net(inputs)
+        gain = self.voice_gain(outputs) if self.config.scaled_biases else None
         if self.pitch_bias is not None:
-            outputs = outputs + self.per_map(self.pitch_bias[None])
+            outputs = outputs + self.per_map(self.pitch_bias[None], gain)
         if self.key is not None:
             rows = torch.arange(self.config.n_pitches, device=noise.device) % PITCH_CLASSES
             key = self.key(whole)[:, None, rows, None].expand(-1, self.config.roll_channels, -1, -1)
-            outputs = outputs + self.per_map(key)
+            outputs = outputs + self.per_map(key, gain)
         return outputs
 
-    def per_map(self, bias: torch.Tensor) -> torch.Tensor:
+    def voice_gain(self, outputs: torch.Tensor) -> torch.Tensor:
+        """How much the biases of each voice's pitch map are scaled by [B, voices, 1, 1] (``scaled_biases``).
+
+        A voice's softmax weighs logits by their differences, and to decide, its maps grow (a spread
+        of about 8 over pitches on folk), while the key's bias stays near 1: a tenth of its weight
+        without voices, and the voices lost the key (docs/model.md). So the biases are multiplied by
+        the spread of the map they join (its standard deviation over pitches, averaged over steps;
+        no gradient flows through it), and never by less than 1."""
+        maps = outputs[:, : self.config.voices].detach().float()
+        return maps.std(dim=2, keepdim=True).mean(dim=3, keepdim=True).clamp(min=1.0)
+
+    def per_map(self, bias: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
         """A bias per roll plane [B, roll_channels, P, 1] as one per output map: with ``voices``, each
-        voice's pitch map takes the sounding plane's, its rest map none."""
+        voice's pitch map takes the sounding plane's (times ``gain`` [B, voices, 1, 1] if given), its
+        rest map none."""
         if not self.config.voices:
             return bias
         n = self.config.voices
         sounding = bias[:, :1].expand(-1, n, -1, -1)
-        return torch.cat([sounding, torch.zeros_like(sounding), bias[:, 1:]], dim=1)
+        if gain is not None:
+            sounding = sounding * gain.to(bias.dtype)  # one per sample: a pitch bias [1, ...] widens to [B, ...]
+        return torch.cat([sounding, torch.zeros_like(sounding), bias[:, 1:].expand(len(sounding), -1, -1, -1)], dim=1)
 
     @property
     def reads_whole(self) -> bool:

@@ -49,7 +49,7 @@ __all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_check
 
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 # Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
-MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest", "voices")
+MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest", "voices", "scaled_biases")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class TrainConfig:
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
     pitch_bias: bool = True  # the generator's learned bias per pitch row (ModelConfig.pitch_bias; docs/model.md)
     voices: int = 0  # the generator writes each step as this many voices, one pitch or a rest each (ModelConfig.voices; 0: off)
+    scaled_biases: bool = False  # with voices: the pitch and key biases grow with the voices' maps (ModelConfig.scaled_biases)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 only where the hardware has it
@@ -149,6 +150,8 @@ class TrainConfig:
         for name in ("style", "voices"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0 (0: off), got {getattr(self, name)}")
+        if self.scaled_biases and not self.voices:
+            raise ValueError("scaled_biases scales the voices' biases and needs voices (--set voices=N)")
         if self.steps is not None and self.steps < 0 or self.minutes is not None and self.minutes < 0:
             raise ValueError("steps and minutes must not be negative")
         if self.lr_decay_steps < 0 or not 0 <= self.lr_floor <= 1:
@@ -209,6 +212,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig |
         style=config.style,
         pitch_bias=config.pitch_bias,
         voices=config.voices,
+        scaled_biases=config.scaled_biases,
     )
 
 
