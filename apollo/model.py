@@ -230,9 +230,11 @@ class Generator(nn.Module):
             return bias
         n = self.config.voices
         sounding = bias[:, :1].expand(-1, n, -1, -1)
-        if gain is not None:
-            sounding = sounding * gain.to(bias.dtype)  # one per sample: a pitch bias [1, ...] widens to [B, ...]
-        return torch.cat([sounding, torch.zeros_like(sounding), bias[:, 1:].expand(len(sounding), -1, -1, -1)], dim=1)
+        maps = torch.cat([sounding, torch.zeros_like(sounding), bias[:, 1:]], dim=1)
+        if gain is None:
+            return maps
+        others = torch.ones_like(gain[:, :1]).expand(-1, maps.shape[1] - n, -1, -1)  # the rest maps, the onset plane
+        return maps * torch.cat([gain, others], dim=1).to(maps.dtype)
 
     @property
     def reads_whole(self) -> bool:

@@ -154,9 +154,13 @@ def test_any_checkpoint(tmp_path):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
-def test_a_generator_with_voices(tmp_path):
+@pytest.mark.parametrize("scaled_biases", [False, True])
+def test_a_generator_with_voices(tmp_path, scaled_biases):
     torch.manual_seed(0)
-    generator = Generator(ModelConfig(width=8, voices=4, chroma=True, pitch_bias=True)).eval()
+    generator = Generator(ModelConfig(width=8, voices=4, chroma=True, pitch_bias=True, scaled_biases=scaled_biases)).eval()
+    if scaled_biases:
+        with torch.no_grad():  # maps with a spread above 1, so that the gain is more than its floor
+            generator.net[-1].weight.mul_(20.0)
     meta = {"dataset_config": {"grid": {"lowest_pitch": 30, "n_pitches": 64, "steps_per_beat": 4},
                                "encoding": "onset", "n_steps": 256}}
     save_generator(tmp_path / "voices.safetensors", generator, meta)

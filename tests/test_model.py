@@ -60,6 +60,7 @@ def test_channels_last_and_bf16_give_the_same_shapes():
         (dict(discriminator_norm="group"), "discriminator_norm"),
         (dict(generator_norm="spectral"), "generator_norm"),
         (dict(minibatch_std=-1), "group size"),
+        (dict(scaled_biases=True), "needs voices"),
     ],
 )
 def test_impossible_configs_are_refused(changes, message):
@@ -306,3 +307,28 @@ def test_one_voice_sounds_at_most_one_cell_a_step_and_logits_are_the_probabiliti
     assert torch.allclose(torch.sigmoid(logits), probabilities, atol=1e-5)
     # The onset plane stays a sigmoid of its own map, with the key's bias as without voices.
     assert torch.allclose(probabilities[:, 1], torch.sigmoid(g.outputs(noise)[:, 2]), atol=1e-6)
+
+
+def test_scaled_biases_weigh_the_voices_biases_by_the_spread_of_their_maps():
+    torch.manual_seed(0)
+    plain = Generator(ModelConfig(width=8, voices=2, chroma=True, pitch_bias=True)).eval()
+    scaled = Generator(ModelConfig(width=8, voices=2, chroma=True, pitch_bias=True, scaled_biases=True)).eval()
+    scaled.load_state_dict(plain.state_dict())  # the same weights: no new parameters
+    noise = plain.sample_noise(3, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for g in (plain, scaled):
+            g.net[-1].weight.mul_(400.0)  # maps with a spread of several logits
+            g.pitch_bias[0, 20] = 1.0
+        maps = plain.net(noise)
+        spread = maps[:, :2].std(dim=2).mean(dim=2)  # [B, voices]
+        bias = {name: g.outputs(noise) - maps for name, g in (("plain", plain), ("scaled", scaled))}
+    assert (spread > 2).all()
+    # Each voice's pitch map takes its biases times its own spread; the rest maps and the onset plane as before.
+    expected = bias["plain"][:, :2] * spread[:, :, None, None]
+    assert torch.allclose(bias["scaled"][:, :2], expected, atol=1e-4)
+    assert torch.equal(bias["scaled"][:, 2:], bias["plain"][:, 2:])
+    # A map flatter than 1 keeps its biases at their own weight.
+    flat = torch.zeros(1, 5, 64, 256)
+    assert torch.equal(scaled.voice_gain(flat), torch.ones(1, 2, 1, 1))
+    # No gradient flows through the gain: the maps learn only through the biases' sum.
+    assert not scaled.voice_gain(torch.randn(1, 5, 64, 8, requires_grad=True)).requires_grad

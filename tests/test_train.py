@@ -317,6 +317,7 @@ def test_the_command_line(data, tmp_path, monkeypatch):
         ([*args, "--set", "ema=1.5", "--run", str(tmp_path / "ema")], "ema must be in [0, 1)"),
         ([*args, "--set", "lr_floor=2", "--run", str(tmp_path / "floor")], "lr_floor in [0, 1]"),
         ([*args, "--set", "voices=-1", "--run", str(tmp_path / "voices")], "voices must be at least 0"),
+        ([*args, "--set", "scaled_biases=true", "--run", str(tmp_path / "scaled")], "needs voices"),
         ([*args, "--set", "lr_decay_steps=4", "--set", "lr_decay_start=4", "--run", str(tmp_path / "start")],
          "lr_decay_start must be in [0, lr_decay_steps)"),
     ):
@@ -411,7 +412,7 @@ def test_a_run_saved_before_r1_ema_shift_and_the_term_registry_resumes_as_it_tra
 def test_every_term_rhythm_path_refine_layer_style_pitch_bias_nearest_and_voices_train_and_are_kept(data, tmp_path):
     every = {name: 1.0 for name in TERMS}
     run = train(TrainConfig(steps=2, rhythm=True, refine=True, style=3, pitch_bias=True, nearest=True, voices=4,
-                            terms=every, **TINY), data=data,
+                            scaled_biases=True, terms=every, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["terms"] == every
@@ -421,7 +422,7 @@ def test_every_term_rhythm_path_refine_layer_style_pitch_bias_nearest_and_voices
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
-    assert generator.config.voices == 4 and generator.net[-1].out_channels == 9
+    assert generator.config.voices == 4 and generator.net[-1].out_channels == 9 and generator.config.scaled_biases
     discriminator = Discriminator(ModelConfig(**state["model_config"]))
     discriminator.load_state_dict(state["discriminator"])
     assert discriminator.rhythm is not None and discriminator.nearest.group == TINY["batch_size"]
