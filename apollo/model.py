@@ -214,11 +214,10 @@ class Generator(nn.Module):
     def voice_gain(self, outputs: torch.Tensor) -> torch.Tensor:
         """How much the biases of each voice's pitch map are scaled by [B, voices, 1, 1] (``scaled_biases``).
 
-        A voice's softmax weighs logits by their differences, and to decide, its maps grow (a spread
-        of about 8 over pitches on folk), while the key's bias stays near 1: a tenth of its weight
-        without voices, and the voices lost the key (docs/model.md). So the biases are multiplied by
-        the spread of the map they join (its standard deviation over pitches, averaged over steps;
-        no gradient flows through it), and never by less than 1."""
+        A voice's softmax decides by logit differences, so its maps grow to a spread of several
+        units while the learned biases stay near 1 and lose their say (docs/model.md). Multiplied
+        by the spread of the map they join (its standard deviation over pitches, averaged over
+        steps; no gradient flows through it, and never less than 1), they keep their weight."""
         maps = outputs[:, : self.config.voices].detach().float()
         return maps.std(dim=2, keepdim=True).mean(dim=3, keepdim=True).clamp(min=1.0)
 
