@@ -179,15 +179,14 @@ def polyphony(roll: PianoRoll) -> int:
 
 def _usual_voices(roll: PianoRoll) -> int:
     """How many voices to split a texture into before taking its top or bottom one: as many as
-    usually sound at once (the median over the steps where something sounds), at least two when
-    ever two notes sound together. Splitting into the most that ever sound (the generated pieces'
-    held notes overlap the next chord, 6 to 9 at once) leaves the outer voices sparse, because the
-    extra voices catch their notes whenever they are busy."""
+    usually sound at once (the median over the steps where something sounds). Splitting into the
+    most that ever sound (the generated pieces' held notes overlap the next chord, 6 to 9 at once)
+    leaves the outer voices sparse, because the extra voices catch their notes whenever they are
+    busy; and a tune whose notes ring into the next ones is one line, not two voices, or its top
+    voice keeps only the notes above the ones they overlap (about half)."""
     counts = (roll.cells > 0).sum(axis=0)
     counts = counts[counts > 0]
-    if not len(counts):
-        return 1
-    return min(int(counts.max()), max(2, int(np.ceil(np.median(counts)))))
+    return max(1, int(np.ceil(np.median(counts)))) if len(counts) else 1
 
 
 def voices(roll: PianoRoll, n: int) -> list[PianoRoll]:

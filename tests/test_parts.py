@@ -289,3 +289,20 @@ def test_bad_arrangement_options_are_usage_errors(args, message, tmp_path):
     assert [line for line in output.splitlines() if line.startswith("Error:")] == [next(
         line for line in output.splitlines() if message in line)]
     assert not Path(tmp_path / "x.mid").exists()
+
+
+def test_a_tune_played_legato_stays_one_line_for_a_solo_instrument():
+    # A folk tune's notes often ring a step into the next one. That is one line, not two voices:
+    # the violin plays every note (each cut where the next begins), and a double stop keeps one.
+    rng = np.random.default_rng(0)
+    pitch = 67 + np.cumsum(rng.choice([-2, -1, 1, 2], size=48))  # a line that wanders by steps
+    start = np.arange(48) * 2
+    end = start + 3  # each note held one step into the next
+    pitch, start, end = np.append(pitch, pitch[10] - 4), np.append(start, start[10]), np.append(end, end[10])
+    order = np.lexsort((pitch, start))
+    roll = PianoRoll.from_notes(pitch[order], start[order], end[order], Grid(), 100.0, 128)
+    violin = arrange(roll, instrument="violin")
+    notes = violin.parts[0].roll.notes()
+    assert violin.n_notes == 48 and violin.left_out == 1 and polyphony(violin.parts[0].roll) == 1
+    assert "48 of 49 notes" in violin.message
+    assert (notes[2] - notes[1] == 2)[:-1].all() and notes[2][-1] - notes[1][-1] == 3  # each note lasts until the next begins
