@@ -15,7 +15,7 @@ __all__ = ["BINARIZE", "LOSSES", "R1_EVERY", "discriminator_loss", "generator_lo
            "shift_randomly", "as_judged", "as_decoded", "begins_to_sound"]
 
 LOSSES = ("bce", "wgan-gp", "hinge")
-BINARIZE = ("threshold", "sample", "none")  # how the discriminator sees generated cells (as_judged)
+BINARIZE = ("threshold", "sample", "piece", "none")  # how the discriminator sees generated cells (as_judged)
 R1_EVERY = 4  # steps between R1 penalties (lazy regularization, as in StyleGAN2: a third of the cost)
 
 
@@ -75,14 +75,17 @@ def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Gene
     like the real rolls, with straight-through gradients (forward: the 0/1 cells; backward: the
     identity): "threshold" sounds a cell above 0.5; "sample" sounds it above a threshold drawn for
     each cell from 0.5 ± ``width`` (from ``rng``), so a cell left near 0.5 is a coin flip that the
-    discriminator sees (``width`` 0.5: each cell sounds with its probability); "none" shows the
+    discriminator sees (``width`` 0.5: each cell sounds with its probability); "piece" draws one
+    such threshold for each roll, so a generator that leaves cells near 0.5 writes pieces that
+    thin out or fill up as a whole, never a speckle, and 0.5 is no line to hover under; "none" shows the
     probabilities. With ``fill`` (binarized fakes only), a step of the sounding plane where no cell
     sounds sounds its most probable pitch if that is above ``fill``, as the decoding's ``fill`` does
     (:meth:`PianoRoll.decode`)."""
     if binarize != "none":
         cut = 0.5
-        if binarize == "sample":
-            cut = 0.5 + width * (2 * torch.rand(probs.shape, device=probs.device, generator=rng) - 1)
+        if binarize in ("sample", "piece"):
+            shape = probs.shape if binarize == "sample" else (len(probs), *(1,) * (probs.dim() - 1))
+            cut = 0.5 + width * (2 * torch.rand(shape, device=probs.device, generator=rng) - 1)
         hard = probs > cut
         if fill is not None:
             sounding = probs[:, 0].detach()  # [B, P, T]

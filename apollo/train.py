@@ -80,11 +80,11 @@ class TrainConfig:
     gp_weight: float = 10.0  # wgan-gp only
     label_smoothing: float = 0.0  # bce only: real examples are labelled 1 - label_smoothing
     instance_noise: float = 0.0  # std of the Gaussian noise added to everything the discriminator sees
-    # D sees 0/1 fakes, as real rolls are: "threshold" (at 0.5) or "sample" (above a threshold drawn
-    # per cell from 0.5 ± binarize_width), straight-through; or "none", the probabilities
-    # (apollo.losses.as_judged).
+    # D sees 0/1 fakes, as real rolls are: "threshold" (at 0.5), "sample" (above a threshold drawn
+    # per cell from 0.5 ± binarize_width) or "piece" (one such threshold per roll), straight-through;
+    # or "none", the probabilities (apollo.losses.as_judged).
     binarize: str = "threshold"
-    binarize_width: float = 0.2  # "sample" only; 0.5: each cell sounds with its probability
+    binarize_width: float = 0.2  # "sample" and "piece"; 0.5 with "sample": each cell sounds with its probability
     # D sees a silent step's most probable pitch sound above this, as a decoding with `fill` writes
     # it (binarized fakes only; None: off).
     binarize_fill: float | None = None

@@ -69,6 +69,20 @@ def test_binarized_fakes_are_0_1_with_straight_through_gradients():
     assert narrow[0] == 0 and narrow[2] == 1 and abs(narrow[1] - 0.625) < 0.01
 
 
+def test_one_threshold_per_piece_fills_or_thins_whole_rolls():
+    """With "piece", every cell of one roll is cut at the same drawn threshold: a roll sounds all of
+    its cells at 0.45 or none, and a cell nearer 0.5 sounds in more rolls than one further below."""
+    cells = torch.tensor([0.25, 0.45, 0.45, 0.55, 0.75]).repeat(20_000, 1, 1, 1)  # [rolls, 1, 1, 5]
+    judged = losses.as_judged(cells, "piece", "pianoroll", torch.Generator().manual_seed(3), width=0.2)
+    assert set(judged.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(judged[..., 1], judged[..., 2])  # one threshold per roll
+    share = judged.mean(0).flatten()
+    assert share[0] == 0 and share[4] == 1  # further than the width from 0.5: as thresholded
+    assert abs(share[1] - 0.375) < 0.01 and abs(share[3] - 0.625) < 0.01
+    assert 0 < (judged[..., 3] - judged[..., 1]).mean() < 1  # some rolls sound 0.55 and not 0.45
+    assert torch.all(judged[..., 3] >= judged[..., 1])  # never 0.45 without 0.55 in the same roll
+
+
 def test_judged_fill_is_the_decodings_fill():
     """With ``fill``, the discriminator sees the cells a decoding with that fill sounds (before
     ``min_length``), for both encodings; gradients still pass straight through."""

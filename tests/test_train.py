@@ -155,7 +155,7 @@ def test_a_run_judged_with_fill_is_evaluated_and_decoded_with_it(data, tmp_path)
     assert ModelSpec.from_meta(load_generator(plain_run / "checkpoints" / "last.pt")[1]).decoding == Decoding()
 
 
-@pytest.mark.parametrize("binarize", ["threshold", "sample"])
+@pytest.mark.parametrize("binarize", ["threshold", "sample", "piece"])
 def test_n_steps_resume_n_steps_equals_2n_steps_bit_for_bit(data, tmp_path, binarize):
     once = train(TrainConfig(steps=6, binarize=binarize, **TINY), data=data, run=tmp_path / "once", progress=False)
     half = train(TrainConfig(steps=3, binarize=binarize, **TINY), data=data, run=tmp_path / "half", progress=False)
