@@ -55,6 +55,7 @@ SHORT = {
     "note_density": "notes/bar",
     "voice_step": "step",
     "parallel_rate": "par",
+    "top_pitch_share": "top",
     "diversity": "div",
 }
 

@@ -43,7 +43,8 @@ def test_silent_roll_is_all_empty_and_undefined_elsewhere():
     assert values["empty_bar_rate"] == 1.0
     assert values["note_density"] == 0.0
     for name in ("used_pitch_classes", "qualified_note_rate", "polyphony", "polyphony_rate",
-                 "pitch_class_entropy", "scale_consistency", "pitch_range", "voice_step", "parallel_rate"):
+                 "pitch_class_entropy", "scale_consistency", "pitch_range", "voice_step", "parallel_rate",
+                 "top_pitch_share"):
         assert math.isnan(values[name]), name
     assert values["groove_consistency"] == 1.0  # two bars with the same (empty) onset pattern
 
@@ -147,3 +148,21 @@ def test_other_steps_per_beat_scale_the_bar():
     r = roll([(C4, 0, 8)], n_steps=32, grid=grid)
     assert metrics.empty_bar_rate(r) == 0.75
     assert metrics.bars(r).shape == (4, 64, 8)
+
+
+# -- a pitch held through the piece ------------------------------------------------------------
+
+
+def test_top_pitch_share_is_the_share_of_sounding_steps_of_the_busiest_pitch():
+    # A C held under a moving line sounds at every sounding step: 1, whatever moves above it.
+    pedal = roll([(C4, 0, 32)] + [(C4 + 7 + i % 3, 2 * i, 2 * i + 2) for i in range(16)], n_steps=32)
+    assert metrics.top_pitch_share(pedal) == 1.0
+    # Struck again every step, it is still there at every step.
+    struck = roll([(C4, i, i + 1) for i in range(16)] + [(C4 + 4, 0, 4)], n_steps=32)
+    assert metrics.top_pitch_share(struck) == 1.0
+    # Up and down a scale, 2 steps a pitch: D and E sound 4 of the 12 steps each.
+    line = [C4, C4 + 2, C4 + 4, C4 + 5, C4 + 4, C4 + 2]
+    scale = roll([(p, 2 * i, 2 * i + 2) for i, p in enumerate(line)], n_steps=16)
+    assert metrics.top_pitch_share(scale) == pytest.approx(4 / 12)
+    # Silent steps do not count: the same line with a rest of 4 steps after it.
+    assert metrics.top_pitch_share(roll([(p, 2 * i, 2 * i + 2) for i, p in enumerate(line)], n_steps=32)) == pytest.approx(4 / 12)
