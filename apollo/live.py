@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -279,7 +280,7 @@ class Player:
 
     def play(self) -> PlayResult:
         """Play until the stream ends, :meth:`stop` or Ctrl-C; returns what happened."""
-        with _realtime():
+        with _realtime(), _ctrl_c_sets(self._stop):
             return self._play()
 
     def _play(self) -> PlayResult:
@@ -464,6 +465,22 @@ def _realtime() -> Iterator[None]:
         torch.set_num_threads(threads)
         sys.setswitchinterval(interval)
         gc.unfreeze()
+
+
+@contextmanager
+def _ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """While playing: Ctrl-C sets ``stop`` instead of raising KeyboardInterrupt, which could land
+    between sending a message and noting it (a note-off sent twice, or one never sent). Only in the
+    main thread and only over Python's own handler: a job that ignores SIGINT keeps ignoring it."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- ports ---------------------------------------------------------------------------------------

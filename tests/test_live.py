@@ -215,7 +215,8 @@ def test_ctrl_c_ends_every_note(model):
         fallback.start()
         threading.Timer(2.0, _thread.interrupt_main).start()
         start = time.perf_counter()
-        result = player.play()  # KeyboardInterrupt is caught: playing stops cleanly
+        result = player.play()  # Ctrl-C sets the stop flag: playing stops cleanly
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after playing
     finally:
         fallback.cancel()
         signal.signal(signal.SIGINT, previous)
