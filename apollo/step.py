@@ -19,6 +19,7 @@ from torch import nn
 
 from apollo.losses import (R1_EVERY, as_judged, discriminator_loss, generator_loss, gradient_penalty, r1_penalty,
                            shift_randomly)
+from apollo.negatives import break_rolls
 from apollo.terms import TERMS, Batch
 
 __all__ = ["Networks", "TrainingStep", "SequenceNetworks", "SequenceStep", "update_ema", "grad_norm", "lr_scale"]
@@ -158,8 +159,13 @@ class TrainingStep:
                 probs = self.G(noise.contiguous(memory_format=layout))
                 fake = as_judged(probs, config.binarize, self.encoding, self.rng, config.binarize_width,
                                  config.binarize_fill)
+            judged_fake = fake.detach()
+            if config.negatives:  # some of D's fakes are real rolls made wrong (apollo.negatives)
+                k = round(config.negatives * len(real))
+                broken = break_rolls(real[:k], self.steps_per_beat, self.rng).to(judged_fake.dtype)
+                judged_fake = torch.cat([broken, judged_fake[k:]])
             with autocast:
-                seen_real, seen_fake = self.seen_by_d(real), self.seen_by_d(fake.detach())
+                seen_real, seen_fake = self.seen_by_d(real), self.seen_by_d(judged_fake)
                 lazy_r1 = config.r1 and kind != "wgan-gp" and step % R1_EVERY == 0
                 if lazy_r1:
                     seen_real = seen_real.detach().requires_grad_(True)

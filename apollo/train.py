@@ -88,6 +88,10 @@ class TrainConfig:
     # D sees a silent step's most probable pitch sound above this, as a decoding with `fill` writes
     # it (binarized fakes only; None: off).
     binarize_fill: float | None = None
+    # A share of the discriminator's fakes replaced by real rolls broken as real music never is
+    # (bars that change key, notes twice as long: apollo.negatives), so that it keeps looking at the
+    # key and the rhythm after the generator's pieces first get them right (0: off).
+    negatives: float = 0.0
     augment_transpose: int = 0  # D sees real and fake rolls moved by random -N..N semitones (0: off)
     augment_shift: int = 16  # D sees real and fake rolls moved by random -N..N steps in time (0: off)
     # ... in whole beats, so that D still sees where the beats fall: moved by any number of steps,
@@ -142,6 +146,8 @@ class TrainConfig:
             raise ValueError(f"binarize_width must be in (0, 0.5], got {self.binarize_width}")
         if self.binarize_fill is not None and not 0 < self.binarize_fill < 1:
             raise ValueError(f"binarize_fill must lie strictly between 0 and 1, got {self.binarize_fill}")
+        if not 0 <= self.negatives < 1:
+            raise ValueError(f"negatives must be in [0, 1) (0: off), got {self.negatives}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "log_every"):

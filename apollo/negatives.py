@@ -1,0 +1,63 @@
+"""Negative examples: real rolls broken in ways that real music never is, shown to the
+discriminator as fakes (negative data augmentation, Sinha et al., ICLR 2021).
+
+A discriminator learns only what tells the generator's current pieces from real ones. Once the
+pieces keep their key and their rhythm it stops looking at either, and the generator is then free
+to drift in both without losing any score: probes of the default folk runs found their
+discriminators as blind to bars that change key as to notes twice as long as real ones (ranked
+below real in about half of the pairs, as chance would). Broken real rolls keep those questions in
+the game all the time. Each is a real roll made wrong in one respect, so the discriminator learns
+that respect rather than anything else about the roll:
+
+- ``off_key_bars``: every bar moved by -1, 0 or +1 semitones, drawn for each bar, so that the key
+  changes at most barlines while each bar keeps its own shape;
+- ``half_speed``: the roll's first half played at half speed, every note twice as long and half as
+  many notes a bar.
+
+Neither is a metric's formula; both are what the decoder reads back (:func:`as_decoded`), so a
+note that crosses a moved barline starts anew there, as a real one would.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from apollo.losses import as_decoded, shift_randomly
+
+__all__ = ["NEGATIVES", "break_rolls", "half_speed", "off_key_bars"]
+
+BEATS_PER_BAR = 4  # the grid's bar, as everywhere in Apollo (apollo.roll)
+
+
+def off_key_bars(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
+    """[B, planes, pitches, steps] -> the same, each whole bar moved by a random -1, 0 or +1 semitones."""
+    n, planes, pitches, steps = rolls.shape
+    bar = BEATS_PER_BAR * steps_per_beat
+    end = steps - steps % bar  # a last part-bar stays where it is
+    bars = rolls[..., :end].reshape(n, planes, pitches, end // bar, bar).permute(0, 3, 1, 2, 4)
+    moved = shift_randomly(bars.reshape(-1, planes, pitches, bar), 1, 2, rng)
+    moved = moved.reshape(n, end // bar, planes, pitches, bar).permute(0, 2, 3, 1, 4).reshape(n, planes, pitches, end)
+    return _decoded(torch.cat([moved, rolls[..., end:]], dim=-1))
+
+
+def half_speed(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
+    """[B, planes, pitches, steps] -> the same, the first half's every step played twice."""
+    slow = rolls[..., : rolls.shape[-1] // 2].repeat_interleave(2, dim=-1)
+    if rolls.shape[1] > 1:  # an onset plane: a note starts on the first of the two steps only
+        slow[:, 1:, :, 1::2] = 0
+    return _decoded(slow)
+
+
+def _decoded(rolls: torch.Tensor) -> torch.Tensor:
+    return as_decoded(rolls) if rolls.shape[1] == 2 else rolls
+
+
+NEGATIVES = {"off_key_bars": off_key_bars, "half_speed": half_speed}
+
+
+def break_rolls(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
+    """Each roll broken by one of :data:`NEGATIVES`, drawn for each roll from ``rng``."""
+    kinds = list(NEGATIVES.values())
+    which = torch.randint(len(kinds), (len(rolls),), device=rolls.device, generator=rng)
+    broken = torch.stack([kind(rolls, steps_per_beat, rng) for kind in kinds])  # [kinds, B, ...]
+    return broken[which, torch.arange(len(rolls), device=rolls.device)]
