@@ -155,15 +155,28 @@ def test_a_run_judged_with_fill_is_evaluated_and_decoded_with_it(data, tmp_path)
     assert ModelSpec.from_meta(load_generator(plain_run / "checkpoints" / "last.pt")[1]).decoding == Decoding()
 
 
-@pytest.mark.parametrize("binarize", ["threshold", "sample", "piece"])
-def test_n_steps_resume_n_steps_equals_2n_steps_bit_for_bit(data, tmp_path, binarize):
-    once = train(TrainConfig(steps=6, binarize=binarize, **TINY), data=data, run=tmp_path / "once", progress=False)
-    half = train(TrainConfig(steps=3, binarize=binarize, **TINY), data=data, run=tmp_path / "half", progress=False)
+@pytest.mark.parametrize("binarize, negatives", [("threshold", 0.0), ("sample", 0.0), ("piece", 0.0), ("threshold", 0.5)])
+def test_n_steps_resume_n_steps_equals_2n_steps_bit_for_bit(data, tmp_path, binarize, negatives):
+    options = dict(binarize=binarize, negatives=negatives, **TINY)
+    once = train(TrainConfig(steps=6, **options), data=data, run=tmp_path / "once", progress=False)
+    half = train(TrainConfig(steps=3, **options), data=data, run=tmp_path / "half", progress=False)
     again = train(TrainConfig(steps=6), resume=half, progress=False)
     assert again == half
     assert_identical(weights(once / "checkpoints" / "last.pt"), weights(half / "checkpoints" / "last.pt"))
     events = [json.loads(line).get("event") for line in (half / "metrics.jsonl").read_text().splitlines()]
     assert [e for e in events if e] == ["start", "stop", "resume", "stop"]
+
+
+def test_negatives_change_what_the_discriminator_learns_and_nothing_else(data, tmp_path):
+    plain = weights(train(TrainConfig(steps=2, **TINY), data=data, run=tmp_path / "plain", progress=False)
+                    / "checkpoints" / "last.pt")
+    broken = weights(train(TrainConfig(steps=2, negatives=0.5, **TINY), data=data, run=tmp_path / "broken",
+                           progress=False) / "checkpoints" / "last.pt")
+    # Step 1's generator update follows step 1's discriminator update, so only D differs after one
+    # step; after two, G has learned from a different D too.
+    assert any(not torch.equal(a, b) for a, b in zip(plain["discriminator"].values(), broken["discriminator"].values()))
+    with pytest.raises(ValueError, match="negatives must be in"):
+        TrainConfig(negatives=1.0)
 
 
 def test_fine_tuning_goes_on_from_a_checkpoint_in_a_new_run_and_leaves_the_old_one(data, tmp_path):
