@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apollo.checkpoint import load_checkpoint
 from apollo.dataset import RollDataset
 from apollo.errors import ApolloError
 from apollo.losses import as_decoded, as_judged, begins_to_sound
@@ -92,8 +93,12 @@ def main() -> int:
     print("| checkpoint | step | generated | " + " | ".join(BREAKS) + " |")
     print("|---|---|---|" + "---|" * len(BREAKS))
     for path in args.checkpoints:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if "discriminator" not in state:
+        try:
+            state = load_checkpoint(path)
+        except ApolloError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        if not isinstance(state, dict) or "discriminator" not in state:
             print(f"error: {path} holds no discriminator (a training checkpoint does)", file=sys.stderr)
             return 1
         config = ModelConfig(**state["model_config"])
