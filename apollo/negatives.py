@@ -55,9 +55,10 @@ def _decoded(rolls: torch.Tensor) -> torch.Tensor:
 NEGATIVES = {"off_key_bars": off_key_bars, "half_speed": half_speed}
 
 
-def break_rolls(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
-    """Each roll broken by one of :data:`NEGATIVES`, drawn for each roll from ``rng``."""
-    kinds = list(NEGATIVES.values())
+def break_rolls(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator,
+                breaks: tuple[str, ...] = tuple(NEGATIVES)) -> torch.Tensor:
+    """Each roll broken by one of ``breaks`` (names in :data:`NEGATIVES`), drawn for each roll from ``rng``."""
+    kinds = [NEGATIVES[name] for name in breaks]
     which = torch.randint(len(kinds), (len(rolls),), device=rolls.device, generator=rng)
     broken = torch.stack([kind(rolls, steps_per_beat, rng) for kind in kinds])  # [kinds, B, ...]
     return broken[which, torch.arange(len(rolls), device=rolls.device)]

@@ -38,6 +38,7 @@ from apollo.io import write_json
 from apollo.key import move_histogram
 from apollo.losses import BINARIZE, LOSSES
 from apollo.model import PRESETS, Discriminator, Generator, ModelConfig
+from apollo.negatives import NEGATIVES
 from apollo.roll import ENCODINGS
 from apollo.runs import (RunLog, evaluate, find_run, generate_rolls, migrate_train_config, new_run_dir,
                          read_training_checkpoint, source_commit, write_samples)
@@ -92,6 +93,7 @@ class TrainConfig:
     # (bars that change key, notes twice as long: apollo.negatives), so that it keeps looking at the
     # key and the rhythm after the generator's pieces first get them right (0: off).
     negatives: float = 0.0
+    negative_breaks: str = "off_key_bars,half_speed"  # which, comma-separated (apollo.negatives.NEGATIVES)
     augment_transpose: int = 0  # D sees real and fake rolls moved by random -N..N semitones (0: off)
     augment_shift: int = 16  # D sees real and fake rolls moved by random -N..N steps in time (0: off)
     # ... in whole beats, so that D still sees where the beats fall: moved by any number of steps,
@@ -148,6 +150,10 @@ class TrainConfig:
             raise ValueError(f"binarize_fill must lie strictly between 0 and 1, got {self.binarize_fill}")
         if not 0 <= self.negatives < 1:
             raise ValueError(f"negatives must be in [0, 1) (0: off), got {self.negatives}")
+        breaks = self.negative_breaks.split(",")
+        if not breaks or any(name not in NEGATIVES for name in breaks) or len(set(breaks)) < len(breaks):
+            raise ValueError(f"negative_breaks must name some of {', '.join(NEGATIVES)} once each, "
+                             f"comma-separated, got {self.negative_breaks!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("batch_size", "log_every"):

@@ -65,3 +65,8 @@ def test_each_broken_roll_is_one_of_the_breaks_drawn_per_roll(rolls):
         assert not torch.equal(one, real)
     assert set(kinds) == set(NEGATIVES)
     assert torch.equal(broken, break_rolls(rolls, 4, torch.Generator().manual_seed(1)))  # the same rng, the same rolls
+
+
+def test_only_the_breaks_asked_for_are_drawn(rolls):
+    broken = break_rolls(rolls, 4, torch.Generator().manual_seed(1), ("half_speed",))
+    assert torch.equal(broken, half_speed(rolls, 4, torch.Generator()))

@@ -177,6 +177,8 @@ def test_negatives_change_what_the_discriminator_learns_and_nothing_else(data, t
     assert any(not torch.equal(a, b) for a, b in zip(plain["discriminator"].values(), broken["discriminator"].values()))
     with pytest.raises(ValueError, match="negatives must be in"):
         TrainConfig(negatives=1.0)
+    with pytest.raises(ValueError, match="negative_breaks must name some of off_key_bars, half_speed"):
+        TrainConfig(negatives=0.5, negative_breaks="off_key_bars,slow")
 
 
 def test_fine_tuning_goes_on_from_a_checkpoint_in_a_new_run_and_leaves_the_old_one(data, tmp_path):
