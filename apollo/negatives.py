@@ -2,23 +2,24 @@
 discriminator as fakes (negative data augmentation, Sinha et al., ICLR 2021).
 
 A discriminator learns only what tells the generator's current pieces from real ones. Once the
-pieces keep their key and their rhythm it stops looking at either, and the generator is then free
-to drift in both without losing any score: probes of the default folk runs found their
-discriminators as blind to bars that change key as to notes twice as long as real ones (ranked
-below real in about half of the pairs, as chance would). Broken real rolls keep those questions in
-the game all the time. Each is a real roll made wrong in one respect, so the discriminator learns
-that respect rather than anything else about the roll:
+pieces keep their key and their rhythm it need not look at either, and the generator is then free
+to drift in both at no cost (``bench/discriminator_sees.py`` measures what a discriminator sees).
+Broken real rolls keep those questions in the game. Each is a real roll made wrong in one respect,
+so the discriminator learns that respect rather than anything else about the roll:
 
 - ``off_key_bars``: every bar moved by -1, 0 or +1 semitones, drawn for each bar, so that the key
   changes at most barlines while each bar keeps its own shape;
 - ``half_speed``: the roll's first half played at half speed, every note twice as long and half as
-  many notes a bar.
+  many notes a bar. Slow real music has such bars too, and no discriminator learned to tell them
+  (docs/results.md, "Ablation: negative examples").
 
 Neither is a metric's formula; both are what the decoder reads back (:func:`as_decoded`), so a
 note that crosses a moved barline starts anew there, as a real one would.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -56,9 +57,10 @@ NEGATIVES = {"off_key_bars": off_key_bars, "half_speed": half_speed}
 
 
 def break_rolls(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator,
-                breaks: tuple[str, ...] = tuple(NEGATIVES)) -> torch.Tensor:
+                breaks: Sequence[str] = tuple(NEGATIVES)) -> torch.Tensor:
     """Each roll broken by one of ``breaks`` (names in :data:`NEGATIVES`), drawn for each roll from ``rng``."""
     kinds = [NEGATIVES[name] for name in breaks]
     which = torch.randint(len(kinds), (len(rolls),), device=rolls.device, generator=rng)
+    # Every break of every roll, then one kept for each: cheap next to the discriminator's pass.
     broken = torch.stack([kind(rolls, steps_per_beat, rng) for kind in kinds])  # [kinds, B, ...]
     return broken[which, torch.arange(len(rolls), device=rolls.device)]

@@ -162,7 +162,8 @@ class TrainingStep:
             judged_fake = fake.detach()
             if config.negatives:  # some of D's fakes are real rolls made wrong (apollo.negatives)
                 k = round(config.negatives * len(real))
-                broken = break_rolls(real[:k], self.steps_per_beat, self.rng, config.negative_breaks.split(",")).to(judged_fake.dtype)
+                breaks = config.negative_breaks.split(",")
+                broken = break_rolls(real[:k], self.steps_per_beat, self.rng, breaks).to(judged_fake.dtype)
                 judged_fake = torch.cat([broken, judged_fake[k:]])
             with autocast:
                 seen_real, seen_fake = self.seen_by_d(real), self.seen_by_d(judged_fake)
