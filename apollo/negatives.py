@@ -24,10 +24,9 @@ from collections.abc import Sequence
 import torch
 
 from apollo.losses import as_decoded, shift_randomly
+from apollo.metrics import BEATS_PER_BAR
 
 __all__ = ["NEGATIVES", "break_rolls", "half_speed", "off_key_bars"]
-
-BEATS_PER_BAR = 4  # the grid's bar, as everywhere in Apollo (apollo.roll)
 
 
 def off_key_bars(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:

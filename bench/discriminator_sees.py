@@ -33,10 +33,9 @@ from apollo.checkpoint import load_checkpoint
 from apollo.dataset import RollDataset
 from apollo.errors import ApolloError
 from apollo.losses import as_decoded, as_judged, begins_to_sound
+from apollo.metrics import BEATS_PER_BAR
 from apollo.model import Discriminator, Generator, ModelConfig
 from apollo.negatives import half_speed, off_key_bars
-
-BAR = 16  # steps of a bar on the usual grid
 
 
 def double_speed(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
@@ -52,9 +51,9 @@ def repeats_merged(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generato
 
 
 def octave_leaps(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
-    leaps = rolls.clone()
-    for start in range(BAR, rolls.shape[-1], 2 * BAR):
-        leaps[..., start : start + BAR] = torch.roll(rolls[..., start : start + BAR], 12, dims=2)
+    bar, leaps = BEATS_PER_BAR * steps_per_beat, rolls.clone()
+    for start in range(bar, rolls.shape[-1], 2 * bar):
+        leaps[..., start : start + bar] = torch.roll(rolls[..., start : start + bar], 12, dims=2)
     return as_decoded(leaps)
 
 
@@ -98,7 +97,7 @@ def main() -> int:
         except ApolloError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        if not isinstance(state, dict) or "discriminator" not in state:
+        if "discriminator" not in state:
             print(f"error: {path} holds no discriminator (a training checkpoint does)", file=sys.stderr)
             return 1
         config = ModelConfig(**state["model_config"])
