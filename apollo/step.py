@@ -120,6 +120,7 @@ class TrainingStep:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         self.layout = torch.channels_last if config.channels_last else torch.contiguous_format
         self.rng = torch.Generator(device)
+        self.breaks = config.break_names  # parsed once, not every step
         self.noise_shape = self.G_plain.config.noise_shape
         self.grad_norms = torch.zeros(2, device=device)  # D's and G's, measured when asked
 
@@ -162,8 +163,7 @@ class TrainingStep:
             judged_fake = fake.detach()
             if config.negatives:  # some of D's fakes are real rolls made wrong (apollo.negatives)
                 k = round(config.negatives * len(real))
-                breaks = config.negative_breaks.split(",")
-                broken = break_rolls(real[:k], self.steps_per_beat, self.rng, breaks).to(judged_fake.dtype)
+                broken = break_rolls(real[:k], self.steps_per_beat, self.rng, self.breaks).to(judged_fake.dtype)
                 judged_fake = torch.cat([broken, judged_fake[k:]])
             with autocast:
                 seen_real, seen_fake = self.seen_by_d(real), self.seen_by_d(judged_fake)

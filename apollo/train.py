@@ -130,6 +130,11 @@ class TrainConfig:
     # the mean OA can rise while a generator still leaves holes in its pieces (docs/results.md).
     best_max_silence: float = 0.01
 
+    @property
+    def break_names(self) -> tuple[str, ...]:
+        """``negative_breaks`` as names of :data:`apollo.negatives.NEGATIVES`."""
+        return tuple(self.negative_breaks.split(","))
+
     def __post_init__(self) -> None:
         if self.model not in FAMILIES:
             raise ValueError(f"model must be one of {', '.join(FAMILIES)}, got {self.model!r}")
@@ -150,8 +155,8 @@ class TrainConfig:
             raise ValueError(f"binarize_fill must lie strictly between 0 and 1, got {self.binarize_fill}")
         if not 0 <= self.negatives < 1:
             raise ValueError(f"negatives must be in [0, 1) (0: off), got {self.negatives}")
-        breaks = self.negative_breaks.split(",")
-        if not breaks or any(name not in NEGATIVES for name in breaks) or len(set(breaks)) < len(breaks):
+        breaks = self.break_names
+        if any(name not in NEGATIVES for name in breaks) or len(set(breaks)) < len(breaks):
             raise ValueError(f"negative_breaks must name some of {', '.join(NEGATIVES)} once each, "
                              f"comma-separated, got {self.negative_breaks!r}")
         if self.precision not in PRECISIONS:

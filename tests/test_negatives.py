@@ -7,10 +7,11 @@ import torch
 
 from apollo.dataset import RollDataset
 from apollo.losses import as_decoded
+from apollo.metrics import BEATS_PER_BAR
 from apollo.negatives import NEGATIVES, break_rolls, half_speed, off_key_bars
 from apollo.roll import PianoRoll
 
-BAR = 16
+BAR = BEATS_PER_BAR * 4  # steps of a bar on the chorales' grid (4 steps a beat)
 
 
 @pytest.fixture(scope="module")
