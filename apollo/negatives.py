@@ -11,7 +11,11 @@ so the discriminator learns that respect rather than anything else about the rol
   changes at most barlines while each bar keeps its own shape;
 - ``half_speed``: the roll's first half played at half speed, every note twice as long and half as
   many notes a bar. Slow real music has such bars too, and no discriminator learned to tell them
-  (docs/results.md, "Ablation: negative examples").
+  (docs/results.md, "Ablation: negative examples");
+- ``repeats_merged``: a note that starts where the same pitch was already sounding joins it, so a
+  repeated note becomes one held note. It is what a generator's pieces become when its onset plane
+  dies, and a discriminator that is not shown it ranks such rolls as real half the time. A roll
+  with no repeated note (one in sixteen folk chunks, no chorale chunk) comes through unchanged.
 
 Neither is a metric's formula; both are what the decoder reads back (:func:`as_decoded`), so a
 note that crosses a moved barline starts anew there, as a real one would.
@@ -23,10 +27,10 @@ from collections.abc import Sequence
 
 import torch
 
-from apollo.losses import as_decoded, shift_randomly
+from apollo.losses import as_decoded, begins_to_sound, shift_randomly
 from apollo.metrics import BEATS_PER_BAR
 
-__all__ = ["NEGATIVES", "break_rolls", "half_speed", "off_key_bars"]
+__all__ = ["NEGATIVES", "break_rolls", "half_speed", "off_key_bars", "repeats_merged"]
 
 
 def off_key_bars(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
@@ -48,11 +52,19 @@ def half_speed(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -
     return _decoded(slow)
 
 
+def repeats_merged(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
+    """[B, planes, pitches, steps] -> the same, a note only where its pitch begins to sound after silence."""
+    if rolls.shape[1] == 1:  # no onset plane: a repeat is already one held note
+        return rolls
+    sounding = rolls[:, :1]
+    return torch.cat([sounding, begins_to_sound(sounding)], dim=1)
+
+
 def _decoded(rolls: torch.Tensor) -> torch.Tensor:
     return as_decoded(rolls) if rolls.shape[1] == 2 else rolls
 
 
-NEGATIVES = {"off_key_bars": off_key_bars, "half_speed": half_speed}
+NEGATIVES = {"off_key_bars": off_key_bars, "half_speed": half_speed, "repeats_merged": repeats_merged}
 
 
 def break_rolls(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator,

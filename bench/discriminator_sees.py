@@ -10,7 +10,7 @@ average: the discriminator was trained against the generator), cut at 0.5 as in 
 - ``off key``: every bar moved by -1, 0 or +1 semitones (:func:`apollo.negatives.off_key_bars`);
 - ``half speed``: the first half's notes twice as long (:func:`apollo.negatives.half_speed`);
 - ``double speed``: every other step, so the notes are half as long, the result played twice;
-- ``repeats merged``: a note that starts where the same pitch was sounding joins it;
+- ``repeats merged``: a note that starts where the same pitch was sounding joins it (:func:`apollo.negatives.repeats_merged`);
 - ``octave leaps``: every other bar an octave up;
 - ``a step late``: everything one step later, off the beat.
 
@@ -32,10 +32,10 @@ import torch
 from apollo.checkpoint import load_checkpoint
 from apollo.dataset import RollDataset
 from apollo.errors import ApolloError
-from apollo.losses import as_decoded, as_judged, begins_to_sound
+from apollo.losses import as_decoded, as_judged
 from apollo.metrics import BEATS_PER_BAR
 from apollo.model import Discriminator, Generator, ModelConfig
-from apollo.negatives import half_speed, off_key_bars
+from apollo.negatives import half_speed, off_key_bars, repeats_merged
 
 
 def double_speed(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
@@ -43,11 +43,6 @@ def double_speed(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator)
     onset = (rolls[:, 1:, :, ::2] + rolls[:, 1:, :, 1::2]).clamp(max=1) * sounding
     fast = torch.cat([sounding, onset], dim=1)
     return torch.cat([fast, fast], dim=-1)
-
-
-def repeats_merged(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:
-    sounding = rolls[:, :1]
-    return torch.cat([sounding, begins_to_sound(sounding)], dim=1)
 
 
 def octave_leaps(rolls: torch.Tensor, steps_per_beat: int, rng: torch.Generator) -> torch.Tensor:

@@ -8,8 +8,8 @@ import torch
 from apollo.dataset import RollDataset
 from apollo.losses import as_decoded
 from apollo.metrics import BEATS_PER_BAR
-from apollo.negatives import NEGATIVES, break_rolls, half_speed, off_key_bars
-from apollo.roll import PianoRoll
+from apollo.negatives import NEGATIVES, break_rolls, half_speed, off_key_bars, repeats_merged
+from apollo.roll import Grid, PianoRoll
 
 BAR = BEATS_PER_BAR * 4  # steps of a bar on the chorales' grid (4 steps a beat)
 
@@ -57,12 +57,33 @@ def test_half_speed_plays_the_first_half_with_every_note_twice_as_long(rolls):
         assert notes(broken) == sorted((p, s, min(e, 2 * half)) for p, s, e in expected)
 
 
+def test_repeats_merged_joins_a_repeated_note_and_nothing_else():
+    roll = torch.zeros(1, 2, 64, 16)
+    roll[0, 0, 30, 0:8] = 1  # two quarter notes on one pitch, the second a repeat
+    roll[0, 1, 30, [0, 4]] = 1
+    roll[0, 0, 34, 10:12] = 1  # a note after a rest
+    roll[0, 1, 34, 10] = 1
+    c, e = Grid().lowest_pitch + 30, Grid().lowest_pitch + 34
+    assert notes(roll[0]) == [(c, 0, 4), (c, 4, 8), (e, 10, 12)]
+    assert notes(repeats_merged(roll, 4, torch.Generator())[0]) == [(c, 0, 8), (e, 10, 12)]
+
+
+def test_repeats_merged_keeps_every_sounding_cell_of_real_chorales(rolls):
+    merged = repeats_merged(rolls, 4, torch.Generator())
+    assert torch.equal(merged[:, 0], rolls[:, 0]) and torch.equal(as_decoded(merged), merged)
+    assert (merged[:, 1].sum((1, 2)) < rolls[:, 1].sum((1, 2))).all()  # every chunk repeats a note
+
+
 def test_each_broken_roll_is_one_of_the_breaks_drawn_per_roll(rolls):
     broken = break_rolls(rolls, 4, torch.Generator().manual_seed(1))
     kinds = []
     for real, one in zip(rolls, broken):
-        slow = half_speed(real[None], 4, torch.Generator())[0]
-        kinds.append("half_speed" if torch.equal(one, slow) else "off_key_bars")
+        if torch.equal(one, half_speed(real[None], 4, torch.Generator())[0]):
+            kinds.append("half_speed")
+        elif torch.equal(one, repeats_merged(real[None], 4, torch.Generator())[0]):
+            kinds.append("repeats_merged")
+        else:
+            kinds.append("off_key_bars")
         assert not torch.equal(one, real)
     assert set(kinds) == set(NEGATIVES)
     assert torch.equal(broken, break_rolls(rolls, 4, torch.Generator().manual_seed(1)))  # the same rng, the same rolls
