@@ -13,12 +13,14 @@ so the discriminator learns that respect rather than anything else about the rol
   many notes a bar. Slow real music has such bars too, and no discriminator learned to tell them
   (docs/results.md, "Ablation: negative examples");
 - ``repeats_merged``: a note that starts where the same pitch was already sounding joins it, so a
-  repeated note becomes one held note. It is what a generator's pieces become when its onset plane
-  dies, and a discriminator that is not shown it ranks such rolls as real half the time. A roll
-  with no repeated note (one in sixteen folk chunks, no chorale chunk) comes through unchanged.
+  repeated note becomes one held note, as a generator whose onset plane dies plays it. No
+  discriminator learned to tell it, shown it or not: a merged repeat is a long note, which real
+  music has. A roll with no repeated note (one in sixteen folk chunks) comes through unchanged.
 
-Neither is a metric's formula; both are what the decoder reads back (:func:`as_decoded`), so a
-note that crosses a moved barline starts anew there, as a real one would.
+A break teaches a discriminator only what no single real roll does (off-key bars), not what is
+wrong only across many rolls (every piece slow). None is a metric's formula; each is what the
+decoder reads back (:func:`as_decoded`), so a note that crosses a moved barline starts anew
+there, as a real one would.
 """
 
 from __future__ import annotations
