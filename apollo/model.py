@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "MinibatchNearest", "TimeStream",
+__all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd", "MinibatchNearest", "TimeStream", "group_mean",
            "fold_octaves", "voice_motion", "pair_overlap", "count_parameters", "init_without_checkerboard"]
 
 NORMS = ("batch", "spectral", "layer", "none")
@@ -52,6 +52,7 @@ class ModelConfig:
     discriminator_norm: str = "spectral"  # "spectral", "batch", "layer" or "none" (WGAN-GP: not "batch")
     minibatch_std: int = 0  # D's group size for ProGAN's minibatch standard deviation feature (0: off)
     nearest: int = 0  # D's group size for the overlap of each roll with its nearest neighbour in the group (0: off)
+    rhythm_group: int = 0  # D's group size for the mean of the rhythm path's features over the group (0: off)
     chroma: bool = False  # pitch-class paths: G picks a key per sample, D also sees the roll folded to 12 classes
     rhythm: bool = False  # D also sees how many pitches sound and start at each step, along time
     motion: bool = False  # D also sees how far each starting note lies from the nearest note that just ended
@@ -70,8 +71,10 @@ class ModelConfig:
             )
         if self.n_layers < 2:
             raise ValueError("n_layers must be at least 2")
-        if self.minibatch_std < 0 or self.nearest < 0:
-            raise ValueError("minibatch_std and nearest must be group sizes (0: off)")
+        if self.minibatch_std < 0 or self.nearest < 0 or self.rhythm_group < 0:
+            raise ValueError("minibatch_std, nearest and rhythm_group must be group sizes (0: off)")
+        if self.rhythm_group and not self.rhythm:
+            raise ValueError("rhythm_group averages the rhythm path's features and needs rhythm")
         if self.style < 0:
             raise ValueError("style must be a number of channels (0: off)")
         if self.voices < 0:
@@ -279,6 +282,7 @@ class Discriminator(nn.Module):
         streams = [stream for stream in (self.chroma, self.rhythm, self.motion) if stream is not None]
         if streams or self.nearest is not None:
             flat += sum(stream.n_features for stream in streams) + (self.nearest is not None)
+            flat += self.rhythm.n_features if config.rhythm_group else 0
             dense[0] = nn.Linear(flat, hidden)
             if norm == "spectral":
                 dense[0] = nn.utils.parametrizations.spectral_norm(dense[0])
@@ -291,6 +295,8 @@ class Discriminator(nn.Module):
             features.append(self.chroma(fold_octaves(rolls[:, 0])))
         if self.rhythm is not None:
             features.append(self.rhythm(rolls.sum(dim=2)))
+            if self.config.rhythm_group:
+                features.append(group_mean(features[-1], self.config.rhythm_group))
         if self.motion is not None:
             onsets = rolls[:, 1] if rolls.shape[1] > 1 else None  # "onset" encoding: plane 1
             features.append(self.motion(voice_motion(rolls[:, 0], onsets)))
@@ -408,6 +414,21 @@ class MinibatchNearest(nn.Module):
         overlap = torch.stack([pair_overlap(group) for group in cells])
         alone = torch.eye(self.group, dtype=torch.bool, device=rolls.device)
         return overlap.masked_fill(alone, 0.0).amax(dim=2).reshape(n, 1)
+
+
+def group_mean(features: torch.Tensor, group: int) -> torch.Tensor:
+    """[B, F] -> [B, F]: each row's mean over the ``group`` consecutive rows it belongs to (itself
+    alone where ``group`` does not divide B).
+
+    A discriminator that scores one roll at a time cannot object when every piece is of a kind
+    real music has but seldom: all slow, say, from the slowest tenth of real tunes. The group's
+    mean of the rhythm path's features can: few real groups sit there as a whole. Groups work as
+    for :class:`MinibatchStd`: real and fake halves stay apart when the group divides each half.
+    """
+    n = len(features)
+    if n % group:
+        return features
+    return features.reshape(n // group, group, -1).mean(dim=1).repeat_interleave(group, dim=0)
 
 
 def pair_overlap(cells: torch.Tensor) -> torch.Tensor:

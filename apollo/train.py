@@ -50,7 +50,8 @@ __all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_check
 
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 # Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
-MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest", "voices", "scaled_biases")
+MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest",
+                 "rhythm_group", "voices", "scaled_biases")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class TrainConfig:
     rhythm: bool = True  # the discriminator's rhythm path (ModelConfig.rhythm; docs/model.md)
     motion: bool = False  # the discriminator's voice-motion path (ModelConfig.motion; docs/model.md)
     nearest: bool = False  # D also sees each roll's overlap with its nearest neighbour in the batch (ModelConfig.nearest)
+    rhythm_group: int = 0  # D also sees the rhythm path's features averaged over groups of this many rolls (0: off)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
     pitch_bias: bool = True  # the generator's learned bias per pitch row (ModelConfig.pitch_bias; docs/model.md)
@@ -169,6 +171,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 0 (0: off), got {getattr(self, name)}")
         if self.scaled_biases and not self.voices:
             raise ValueError("scaled_biases scales the voices' biases and needs voices (--set voices=N)")
+        if self.rhythm_group < 0 or (self.rhythm_group and not self.rhythm):
+            raise ValueError("rhythm_group must be a group size (0: off) and needs the rhythm path (rhythm = true)")
         if self.steps is not None and self.steps < 0 or self.minutes is not None and self.minutes < 0:
             raise ValueError("steps and minutes must not be negative")
         if self.lr_decay_steps < 0 or not 0 <= self.lr_floor <= 1:
@@ -225,6 +229,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig |
         rhythm=config.rhythm,
         motion=config.motion,
         nearest=config.batch_size if config.nearest else 0,  # real and fake halves apart
+        rhythm_group=math.gcd(config.rhythm_group, config.batch_size) if config.rhythm_group else 0,  # the same
         refine=config.refine,
         style=config.style,
         pitch_bias=config.pitch_bias,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from apollo.model import (MOTION_REACH, PRESETS, Discriminator, Generator, MinibatchNearest, MinibatchStd, ModelConfig,
-                          count_parameters, fold_octaves, voice_motion)
+                          count_parameters, fold_octaves, group_mean, voice_motion)
 
 
 def test_apollo_preset_has_apollogans_sizes():
@@ -187,6 +187,30 @@ def test_nearest_neighbour_feature_changes_only_the_dense_input_and_passes_gradi
     assert Discriminator(ModelConfig(width=8)).nearest is None  # off by default: older checkpoints load
     with pytest.raises(ValueError, match="group sizes"):
         ModelConfig(nearest=-1)
+
+
+def test_group_mean_averages_within_each_group_only():
+    features = torch.arange(8.0).reshape(8, 1)
+    assert group_mean(features, 4)[:, 0].tolist() == [1.5] * 4 + [5.5] * 4
+    assert torch.equal(group_mean(features[:6], 4), features[:6])  # the groups do not divide 6: each row alone
+
+
+def test_rhythm_group_scores_a_roll_by_the_company_it_keeps_and_only_its_own_group():
+    torch.manual_seed(0)
+    rolls = (torch.rand(8, 2, 64, 256) < 0.05).float()
+    changed = rolls.clone()
+    changed[1] = 0  # another roll of roll 0's group, and none of the second group's
+    with torch.no_grad():
+        d, alone = (Discriminator(ModelConfig(width=8, rhythm=True, rhythm_group=group)) for group in (4, 0))
+        for _ in range(5):  # a few passes in training mode, so that the spectral norms settle
+            d(rolls), alone(rolls)
+        d.eval(), alone.eval()
+        scores, moved = d(rolls), d(changed)
+        assert (moved[0] - scores[0]).abs() > 1e-4 and torch.equal(moved[4:], scores[4:])
+        assert torch.equal(alone(changed)[0], alone(rolls)[0])  # without it a roll is scored on its own
+    assert alone.state_dict().keys() == d.state_dict().keys()  # only the dense input widens
+    with pytest.raises(ValueError, match="needs rhythm"):
+        ModelConfig(rhythm_group=4)
 
 
 def test_motion_path_tells_a_leap_from_a_step_and_changes_only_the_dense_input():
