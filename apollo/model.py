@@ -420,10 +420,10 @@ def group_mean(features: torch.Tensor, group: int) -> torch.Tensor:
     """[B, F] -> [B, F]: each row's mean over the ``group`` consecutive rows it belongs to (itself
     alone where ``group`` does not divide B).
 
-    A discriminator that scores one roll at a time cannot object when every piece is of a kind
-    real music has but seldom: all slow, say, from the slowest tenth of real tunes. The group's
-    mean of the rhythm path's features can: few real groups sit there as a whole. Groups work as
-    for :class:`MinibatchStd`: real and fake halves stay apart when the group divides each half.
+    What the discriminator's ``rhythm_group`` view adds: where a group of pieces sits as a whole
+    (all slow, say), which a roll scored alone does not show (docs/model.md says what it measured).
+    Groups work as for :class:`MinibatchStd`: real and fake halves stay apart when the group
+    divides each half.
     """
     n = len(features)
     if n % group:

@@ -229,7 +229,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig |
         rhythm=config.rhythm,
         motion=config.motion,
         nearest=config.batch_size if config.nearest else 0,  # real and fake halves apart
-        rhythm_group=math.gcd(config.rhythm_group, config.batch_size) if config.rhythm_group else 0,  # the same
+        rhythm_group=math.gcd(config.rhythm_group, config.batch_size) if config.rhythm_group else 0,  # divides each half
         refine=config.refine,
         style=config.style,
         pitch_bias=config.pitch_bias,
