@@ -12,10 +12,13 @@ OA, on data that is not the reference of the reported results. :func:`calibrate`
 of samples with each candidate, measures them against the **validation split**, and keeps the
 highest mean OA among the candidates that put no metric outside the tolerance that the default
 decoding keeps inside it: calibration may not buy overlap with a metric that was right. The
-default decoding is the one the discriminator judged in training, so a candidate replaces it only
-when it gains more than :data:`MIN_GAIN`: a smaller gain is the samples' noise, and choosing the
-best of many candidates on noise would ship a decoding for nothing.
+default decoding's thresholds are the ones the discriminator judged in training, so a candidate
+replaces it only when it gains more than :data:`MIN_GAIN`: a smaller gain is the samples' noise,
+and choosing the best of many candidates on noise would ship a decoding for nothing.
 bench/calibrate_decoding.py calibrates the bundled model this way.
+
+The shortest sound is not something the discriminator judged (it sees every one-step note), and
+it cuts real music too: :func:`ceiling` measures what a decoding alone costs the music.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ import numpy as np
 
 from apollo.roll import Encoding, Grid, PianoRoll
 
-__all__ = ["MIN_GAIN", "MIN_LENGTH", "Decoding", "Trial", "calibrate", "candidates", "choose"]
+__all__ = ["MIN_GAIN", "MIN_LENGTH", "Decoding", "Trial", "calibrate", "candidates", "ceiling", "choose"]
 
 # A generator leaves single cells just above the threshold, each a one-step note that chorales
 # almost never have (2 % of their notes, 16 % of a model's we trained on them); decoding drops them
 # (docs/results.md). Training evaluates with the same decoding, so "best" is what generate writes.
+# Folk plays a fifth of its notes in one step, so there the cut costs real music itself (ceiling).
 MIN_LENGTH = 2
 
 # Real training chunks miss the validation split's empty-bar rate by 40 % (silent padding after
@@ -153,8 +157,8 @@ def calibrate(
     transposes each decoded sample (a model trained in one key, as ``apollo generate`` does) before
     it is measured against ``reference``, real music of the validation split (choose there, report
     on test). ``decodings`` defaults to :func:`candidates` (with ``judged``'s fill and each of
-    ``min_lengths``); ``judged``, the decoding the model's discriminator judged in training (the
-    defaults, with the run's ``binarize_fill``), is always tried, as the baseline.
+    ``min_lengths``); ``judged``, the decoding whose thresholds the model's discriminator judged in
+    training (the defaults, with the run's ``binarize_fill``), is always tried, as the baseline.
     ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`; ``min_gain`` is what a candidate
     must gain over the default to replace it.
     """
@@ -178,3 +182,21 @@ def calibrate(
         trials.append(Trial(decoding, rep["values"]["mean_oa"] or 0.0, misses, rep))
     ranked = choose(trials, next(t for t in trials if t.decoding.effective == default), min_gain)
     return ranked[0].decoding, ranked
+
+
+def ceiling(real: Sequence[PianoRoll], reference: Sequence[PianoRoll], encoding: Encoding,
+            decoding: Decoding) -> tuple[float, float]:
+    """(cut, uncut): the mean OA against ``reference`` of the ``real`` rolls read back through
+    ``decoding``, and of the same rolls as they are (a real-vs-real ceiling).
+
+    On real 0/1 cells the thresholds change nothing and ``fill`` never fires, so the gap is what
+    the shortest sound deletes from the music itself: no model decoded this way can be expected to
+    score more than ``cut``. Take ``real`` from other pieces than ``reference``, or the ceiling
+    flatters. On folk ``min_length`` 2 deletes a fifth of the notes of real tunes and costs about
+    0.05 of mean OA; on the chorales almost nothing (docs/results.md, "Choosing a decoding").
+    """
+    from apollo.evaluate import compare  # as in calibrate: generate should not load the evaluation code
+
+    read_back = [decoding.decode(roll.encode(encoding).astype(np.float32), encoding, roll.grid, roll.tempo)
+                 for roll in real]
+    return compare(read_back, reference)["mean_oa"], compare(real, reference)["mean_oa"]

@@ -11,12 +11,14 @@ and measures each against the dataset's **validation split**, where every choice
 test split, on which the results are reported, takes no part. (A dataset made before test splits
 existed has no clean held-out split; the training split is used then, and the script says so.) Prints every trial, best first, and the choice (the highest
 mean OA among the decodings that miss no metric the default decoding keeps within 10 %, if it
-gains more than ``--min-gain`` over the default; else the default, which the discriminator judged)::
+gains more than ``--min-gain`` over the default; else the default, whose thresholds the discriminator judged)::
 
     python bench/calibrate_decoding.py runs/NAME/checkpoints/best.pt --data datasets/bach-chorales
 
 ``--min-lengths 1 2`` also tries each threshold pair with another shortest sound (the default
-tries the default's, 2 steps, alone).
+tries the default's, 2 steps, alone). For each shortest sound tried, the script also prints the
+most a model decoded that way can be expected to score: real music of the training split read back
+through it, against the same reference (:func:`apollo.decoding.ceiling`).
 
 ``--export FILE.safetensors`` then exports the model with the chosen decoding, keeping the
 provenance of ``--provenance FILE.json`` (an earlier export's JSON). The bundled model::
@@ -34,7 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-from apollo.decoding import MIN_GAIN, MIN_LENGTH, Decoding, calibrate, choose
+import numpy as np
+
+from apollo.decoding import MIN_GAIN, MIN_LENGTH, Decoding, calibrate, ceiling, choose
 from apollo.dataset import read_manifest
 from apollo.errors import ApolloError
 from apollo.evaluate import load_rolls
@@ -49,6 +53,7 @@ from apollo.generate import (
 )
 
 FIRST_SEED = 100_000
+REAL_ROLLS = 512  # real rolls read back through each shortest sound (ceiling)
 
 
 def main() -> None:
@@ -109,6 +114,13 @@ def main() -> None:
         keeps = "yes" if t.required_misses <= baseline.required_misses else "no"
         print(f"| {t.decoding} | {t.mean_oa:.3f} | {keeps} | {measured(t)} |")
     print(f"chosen: {choice}{kept_note(trials, baseline, args.min_gain)}")
+    if split == "val":  # other pieces than the reference's: 512 rolls of the training split
+        real = load_rolls(args.data, split="train", real=True).rolls
+        real = [real[i] for i in np.random.default_rng(0).permutation(len(real))[:REAL_ROLLS]]
+        for min_length in sorted({t.decoding.min_length for t in trials}):
+            cut, uncut = ceiling(real, reference, spec.encoding, Decoding(min_length=min_length))
+            print(f"{len(real)} training rolls read back with min length {min_length}: mean OA {cut:.3f} "
+                  f"(as they are: {uncut:.3f}), the most a model decoded this way can be expected to score")
     export(args, provenance, "decoding", f"{args.n} samples against the {split} split of {args.data}: {choice}",
            decoding=choice)
 

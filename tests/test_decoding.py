@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apollo.decoding import MIN_GAIN, Decoding, Trial, calibrate, candidates, choose
+from apollo.decoding import MIN_GAIN, Decoding, Trial, calibrate, candidates, ceiling, choose
 from apollo.evaluate import chunk
 from apollo.roll import HELD, ONSET, Grid, PianoRoll
 
@@ -114,16 +114,22 @@ def test_calibration_moves_each_sample_before_measuring(chorale_chunks):
         calibrate(probabilities, chorale_chunks, moves=[0], **kwargs)
 
 
-def test_calibration_can_choose_one_step_notes_for_fast_music():
-    """Tunes of sixteenths (one step each): the default shortest sound, 2 steps, deletes most of
-    them; asked to try 1, calibration keeps the music."""
+def sixteenth_tunes(n: int) -> list[PianoRoll]:
+    """Tunes of sixteenths (one step each), a line wandering by steps and skips."""
     rng = np.random.default_rng(0)
     tunes = []
-    for _ in range(24):
+    for _ in range(n):
         cells = np.zeros((64, 128), dtype=np.uint8)
         line = 30 + np.cumsum(rng.choice([-2, -1, 1, 2], size=128)).clip(-12, 12)
         cells[line, np.arange(128)] = ONSET
         tunes.append(PianoRoll(cells))
+    return tunes
+
+
+def test_calibration_can_choose_one_step_notes_for_fast_music():
+    """The default shortest sound, 2 steps, deletes most of the sixteenths; asked to try 1,
+    calibration keeps the music."""
+    tunes = sixteenth_tunes(24)
     probabilities = [roll.encode("onset").astype(np.float32) * 0.8 + 0.1 for roll in tunes]
     assert {d.min_length for d in candidates(min_lengths=(1, 2))} == {1, 2}
     assert len(candidates(min_lengths=(1, 2))) == 2 * len(candidates())
@@ -133,6 +139,17 @@ def test_calibration_can_choose_one_step_notes_for_fast_music():
     deleted = trials[1]  # the default: only the notes where the line stuck at its edge survive
     assert deleted.decoding == Decoding() and deleted.mean_oa < trials[0].mean_oa - 0.2
     assert deleted.report["values"]["note_density"] < 0.5 * deleted.report["values"]["real/note_density"]
+
+
+def test_the_ceiling_is_what_the_shortest_sound_deletes_from_real_music(chorale_chunks):
+    real, reference = chorale_chunks[::2], chorale_chunks[1::2]
+    cut, uncut = ceiling(real, reference, "onset", Decoding(min_length=1))
+    assert cut == uncut > 0.7  # read back uncut, real music is itself
+    cut, _ = ceiling(real, reference, "onset", Decoding())  # a chorale seldom holds a note one step
+    assert abs(cut - uncut) < 0.02
+    tunes = sixteenth_tunes(48)  # nearly every note lasts one step
+    cut, uncut = ceiling(tunes[:24], tunes[24:], "onset", Decoding())
+    assert cut < uncut - 0.3
 
 
 @pytest.mark.parametrize("args, message", [
