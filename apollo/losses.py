@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["BINARIZE", "LOSSES", "R1_EVERY", "discriminator_loss", "generator_loss", "gradient_penalty", "r1_penalty",
-           "shift_randomly", "as_judged", "as_decoded", "begins_to_sound"]
+           "shift_randomly", "as_judged", "as_decoded", "begins_to_sound", "drop_short_sounds"]
 
 LOSSES = ("bce", "wgan-gp", "hinge")
 BINARIZE = ("threshold", "sample", "piece", "none")  # how the discriminator sees generated cells (as_judged)
@@ -69,7 +69,7 @@ def shift_randomly(rolls: torch.Tensor, max_shift: int, dim: int, rng: torch.Gen
 
 
 def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Generator | None = None,
-              width: float = 0.5, fill: float | None = None) -> torch.Tensor:
+              width: float = 0.5, fill: float | None = None, min_length: int = 1) -> torch.Tensor:
     """Generated probabilities as the discriminator judges them, and, for the onset encoding, read
     as the decoder reads them (:func:`as_decoded`). ``binarize`` (:data:`BINARIZE`) makes 0/1 cells
     like the real rolls, with straight-through gradients (forward: the 0/1 cells; backward: the
@@ -80,7 +80,9 @@ def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Gene
     thin out or fill up as a whole, never a speckle, and 0.5 is no line to hover under; "none" shows the
     probabilities. With ``fill`` (binarized fakes only), a step of the sounding plane where no cell
     sounds sounds its most probable pitch if that is above ``fill``, as the decoding's ``fill`` does
-    (:meth:`PianoRoll.decode`)."""
+    (:meth:`PianoRoll.decode`). With ``min_length`` above 1 (binarized fakes only), a pitch's sounding
+    runs shorter than that many steps are silenced, as the decoding's ``min_length`` drops them
+    (:func:`drop_short_sounds`); real rolls read this way lose theirs too."""
     if binarize != "none":
         cut = 0.5
         if binarize in ("sample", "piece"):
@@ -93,8 +95,28 @@ def as_judged(probs: torch.Tensor, binarize: str, encoding: str, rng: torch.Gene
             silent = ~hard[:, 0].any(dim=1) & (top > fill)  # [B, T]
             filled = F.one_hot(pitch, sounding.shape[1]).transpose(1, 2).bool() & silent[:, None]
             hard = torch.cat([hard[:, :1] | filled[:, None], hard[:, 1:]], dim=1)
-        probs = probs + (hard.to(probs.dtype) - probs).detach()
+        hard = hard.to(probs.dtype)
+        if min_length > 1:
+            hard = torch.cat([drop_short_sounds(hard[:, :1], min_length), hard[:, 1:]], dim=1)
+        probs = probs + (hard - probs).detach()
+    elif min_length > 1:
+        raise ValueError("min_length needs binarized cells (binarize other than 'none')")
     return as_decoded(probs) if encoding == "onset" else probs
+
+
+def drop_short_sounds(sounding: torch.Tensor, min_length: int) -> torch.Tensor:
+    """0/1 cells [..., T] without their runs of sounding steps shorter than ``min_length``: the
+    torch twin of :func:`apollo.roll.drop_short_runs`, which the decoding applies. A cell stays
+    when some window of ``min_length`` sounding cells covers it."""
+    steps = sounding.shape[-1]
+    if min_length <= 1:
+        return sounding
+    if steps < min_length:
+        return torch.zeros_like(sounding)
+    flat = sounding.reshape(-1, 1, steps)
+    full = -F.max_pool1d(-flat, min_length, stride=1)  # the window starting here all sounds
+    covered = F.max_pool1d(F.pad(full, (min_length - 1, min_length - 1)), min_length, stride=1)
+    return (flat * covered).reshape(sounding.shape)
 
 
 def begins_to_sound(sounding: torch.Tensor) -> torch.Tensor:

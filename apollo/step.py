@@ -154,12 +154,14 @@ class TrainingStep:
         # Discriminator: n_critic updates, each on a fresh real batch against fresh fakes.
         for k in range(n_critic):
             real = real_batch(step * n_critic + k).contiguous(memory_format=layout)
+            if config.judged_min_length > 1:  # real rolls as the same decoding would write them
+                real = as_judged(real, "threshold", self.encoding, min_length=config.judged_min_length)
             noise = torch.randn(real.shape[0], *self.noise_shape, device=self.device, generator=self.rng)
             last = k == n_critic - 1
             with autocast, torch.set_grad_enabled(last):  # the last fakes also train G below
                 probs = self.G(noise.contiguous(memory_format=layout))
                 fake = as_judged(probs, config.binarize, self.encoding, self.rng, config.binarize_width,
-                                 config.binarize_fill)
+                                 config.binarize_fill, config.judged_min_length)
             judged_fake = fake.detach()
             if config.negatives:  # some of D's fakes are real rolls made wrong (apollo.negatives)
                 k = round(config.negatives * len(real))

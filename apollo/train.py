@@ -90,6 +90,9 @@ class TrainConfig:
     # D sees a silent step's most probable pitch sound above this, as a decoding with `fill` writes
     # it (binarized fakes only; None: off).
     binarize_fill: float | None = None
+    # D sees real and generated rolls alike without the sounds shorter than this many steps, as a
+    # decoding with this min_length writes them (binarized fakes only; 1: every cell).
+    judged_min_length: int = 1
     # A share of the discriminator's fakes replaced by real rolls broken as real music never is
     # (bars that change key, notes twice as long: apollo.negatives), so that it keeps looking at the
     # key and the rhythm after the generator's pieces first get them right (0: off).
@@ -155,6 +158,9 @@ class TrainConfig:
             raise ValueError(f"binarize_width must be in (0, 0.5], got {self.binarize_width}")
         if self.binarize_fill is not None and not 0 < self.binarize_fill < 1:
             raise ValueError(f"binarize_fill must lie strictly between 0 and 1, got {self.binarize_fill}")
+        if self.judged_min_length < 1 or (self.judged_min_length > 1 and self.binarize == "none"):
+            raise ValueError(f"judged_min_length must be at least 1 step and needs binarized fakes (binarize other "
+                             f"than 'none'), got {self.judged_min_length} with binarize {self.binarize!r}")
         if not 0 <= self.negatives < 1:
             raise ValueError(f"negatives must be in [0, 1) (0: off), got {self.negatives}")
         breaks = self.break_names

@@ -97,3 +97,28 @@ def test_judged_fill_is_the_decodings_fill():
     one_plane = probs.detach()[:, :1].clone().requires_grad_(True)
     losses.as_judged(one_plane, "threshold", "pianoroll", fill=0.4).sum().backward()
     assert torch.equal(one_plane.grad, torch.ones_like(one_plane))
+
+
+@pytest.mark.parametrize("min_length", [2, 3])
+def test_judged_min_length_is_the_decodings_min_length(min_length):
+    """With ``min_length``, the discriminator sees exactly what a decoding with that shortest sound
+    writes, fill included; gradients still pass straight through, to the cut cells as well."""
+    probs = torch.rand(4, 2, 16, 64, generator=torch.Generator().manual_seed(1)) * 0.62
+    probs.requires_grad_(True)
+    judged = losses.as_judged(probs, "threshold", "onset", fill=0.4, min_length=min_length)
+    plain = losses.as_judged(probs, "threshold", "onset", fill=0.4)
+    assert judged[:, 0].sum() < plain[:, 0].sum()  # there were short sounds to drop
+    grid = Grid(lowest_pitch=40, n_pitches=16)
+    for planes, seen in zip(probs.detach().numpy(), judged.detach().numpy()):
+        decoded = PianoRoll.decode(planes, "onset", grid, fill=0.4, min_length=min_length)
+        assert np.array_equal(decoded.encode("onset"), seen.astype(bool))
+    judged[:, 0].sum().backward()
+    assert torch.equal(probs.grad[:, 0], torch.ones_like(probs[:, 0]))
+    # Real 0/1 rolls read the same way are the decoding of themselves.
+    real = (torch.rand(4, 1, 16, 64, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    real = losses.as_decoded(torch.cat([real, real * (torch.rand(real.shape) < 0.5)], dim=1))
+    for planes, seen in zip(real.numpy(), losses.as_judged(real, "threshold", "onset", min_length=min_length).numpy()):
+        assert np.array_equal(PianoRoll.decode(planes, "onset", grid, min_length=min_length).encode("onset"),
+                              seen.astype(bool))
+    with pytest.raises(ValueError, match="binarized"):
+        losses.as_judged(probs, "none", "onset", min_length=2)

@@ -181,6 +181,18 @@ def test_negatives_change_what_the_discriminator_learns(data, tmp_path):
         TrainConfig(negatives=0.5, negative_breaks="off_key_bars,slow")
 
 
+def test_a_discriminator_judging_with_a_shortest_sound_trains_differently(data, tmp_path):
+    plain = weights(train(TrainConfig(steps=2, **TINY), data=data, run=tmp_path / "plain", progress=False)
+                    / "checkpoints" / "last.pt")
+    run = train(TrainConfig(steps=2, judged_min_length=2, **TINY), data=data, run=tmp_path / "cut", progress=False)
+    cut = weights(run / "checkpoints" / "last.pt")
+    assert any(not torch.equal(a, b) for a, b in zip(plain["discriminator"].values(), cut["discriminator"].values()))
+    assert saved_train_config(run / "checkpoints" / "last.pt").judged_min_length == 2
+    for bad in (dict(judged_min_length=0), dict(judged_min_length=2, binarize="none")):
+        with pytest.raises(ValueError, match="judged_min_length must be at least 1 step"):
+            TrainConfig(**bad)
+
+
 def test_fine_tuning_goes_on_from_a_checkpoint_in_a_new_run_and_leaves_the_old_one(data, tmp_path):
     once = train(TrainConfig(steps=6, **TINY), data=data, run=tmp_path / "once", progress=False)
     half = train(TrainConfig(steps=3, **TINY), data=data, run=tmp_path / "half", progress=False)
