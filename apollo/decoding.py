@@ -24,14 +24,15 @@ it cuts real music too: :func:`ceiling` measures what a decoding alone costs the
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from apollo.roll import Encoding, Grid, PianoRoll
 
-__all__ = ["MIN_GAIN", "MIN_LENGTH", "Decoding", "Trial", "calibrate", "candidates", "ceiling", "choose"]
+__all__ = ["MIN_GAIN", "MIN_LENGTH", "Decoding", "Trial", "calibrate", "candidates", "ceiling", "choose",
+           "judged_decoding"]
 
 # A generator leaves single cells just above the threshold, each a one-step note that chorales
 # almost never have (2 % of their notes, 16 % of a model's we trained on them); decoding drops them
@@ -88,6 +89,14 @@ class Decoding:
     def __str__(self) -> str:
         text = "threshold {:g}, onset threshold {:g}, min length {}".format(*self.effective[:3])
         return text if self.fill is None else f"{text}, fill {self.fill:g}"
+
+
+def judged_decoding(train_config: Mapping) -> Decoding:
+    """The decoding whose cells a run's discriminator judged, from its saved ``TrainConfig`` (a
+    dict): its ``binarize_fill``, and its ``judged_min_length`` where that is above 1. Below 2 the
+    discriminator saw every cell, and the default shortest sound stays, as it was measured."""
+    min_length = train_config.get("judged_min_length") or 1
+    return Decoding(fill=train_config.get("binarize_fill"), min_length=min_length if min_length > 1 else MIN_LENGTH)
 
 
 def candidates(

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apollo.decoding import Decoding
+from apollo.decoding import Decoding, judged_decoding
 from apollo.errors import ApolloError
 from apollo.io import FoundFile, write_json
 from apollo.key import draw_move
@@ -182,8 +182,9 @@ class ModelSpec:
         tempo = float(meta.get("tempo") or data.get("tempo") or DEFAULT_TEMPO)
         moves = meta.get("key_moves")
         # A model without a saved decoding decodes as its discriminator judged it: with the fill
-        # it was trained to be judged with, if any (TrainConfig.binarize_fill).
-        saved = meta.get("decoding") or {"fill": (meta.get("train_config") or {}).get("binarize_fill")}
+        # and the shortest sound it was trained to be judged with, if any (TrainConfig.binarize_fill,
+        # judged_min_length; below 2 the default shortest sound stays).
+        saved = meta.get("decoding") or judged_decoding(meta.get("train_config") or {}).to_dict()
         try:
             decoding = Decoding.from_dict(saved)
         except (TypeError, ValueError) as error:

@@ -163,10 +163,11 @@ class RunLog:
         self.writer.close()
 
 
-def generate_rolls(generator, noise, dataset_config, batch: int = 64, fill: float | None = None) -> list[PianoRoll]:
-    """Rolls from the generator in eval mode, in float32, decoded as ``apollo generate`` decodes a
-    model without a decoding of its own (:class:`~apollo.decoding.Decoding`'s defaults, with the
-    ``fill`` its discriminator judged, ``TrainConfig.binarize_fill``)."""
+def generate_rolls(generator, noise, dataset_config, batch: int = 64, decoding=None) -> list[PianoRoll]:
+    """Rolls from the generator in eval mode, in float32, decoded with ``decoding`` (default:
+    :class:`~apollo.decoding.Decoding`'s defaults). The trainer passes the run's
+    :func:`~apollo.decoding.judged_decoding`, as ``apollo generate`` decodes a model without a
+    decoding of its own."""
     import torch
 
     from apollo.decoding import Decoding
@@ -178,7 +179,7 @@ def generate_rolls(generator, noise, dataset_config, batch: int = 64, fill: floa
             probs = torch.cat([generator(z).float().cpu() for z in noise.split(batch)])
     finally:
         generator.train(was_training)
-    decoding = Decoding(fill=fill)
+    decoding = decoding or Decoding()
     return [decoding.decode(p.numpy(), dataset_config.encoding, dataset_config.grid, SAMPLE_TEMPO) for p in probs]
 
 

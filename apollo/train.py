@@ -32,6 +32,7 @@ from torch import nn
 from apollo import distributed
 from apollo.checkpoint import latest_checkpoint, read_model_config, save_checkpoint
 from apollo.dataset import Batches, DatasetConfig, RollDataset, find_latest_dataset
+from apollo.decoding import judged_decoding
 from apollo.device import DEVICES, PRECISIONS, choose_precision, resolve_device, use_fast_kernels
 from apollo.errors import ApolloError
 from apollo.io import write_json
@@ -454,6 +455,7 @@ def train(
     fixed_noise = networks.generator.sample_noise(max(config.n_samples, config.n_eval),
                                                   torch.Generator().manual_seed(config.seed + 1)).to(device)
     provenance = {**(state or {}).get("provenance", {}), **(provenance or {}), "commit": source_commit()}
+    judged = judged_decoding(dataclasses.asdict(config))  # samples and evaluations decode as D judged
 
     # 4. The run folder (main process only): config, logs, and the validation rolls to compare with.
     if world.main:
@@ -483,13 +485,12 @@ def train(
         })
 
     def write_sample_set() -> None:
-        rolls = generate_rolls(networks.sampler, fixed_noise[: config.n_samples], train_set.config,
-                               fill=config.binarize_fill)
+        rolls = generate_rolls(networks.sampler, fixed_noise[: config.n_samples], train_set.config, decoding=judged)
         log.image("samples", write_samples(rolls, run_dir / "samples" / f"step-{step:06d}"), step)
 
     def evaluate_and_keep_best() -> None:
         nonlocal best
-        made = generate_rolls(networks.sampler, fixed_noise[: config.n_eval], train_set.config, fill=config.binarize_fill)
+        made = generate_rolls(networks.sampler, fixed_noise[: config.n_eval], train_set.config, decoding=judged)
         quality = evaluate(made, reference)
         log.scalars(step, quality, prefix="eval/")
         duplicates = quality["near_duplicate_rate"] or 0.0  # None: fewer than two pieces

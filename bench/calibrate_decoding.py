@@ -102,7 +102,8 @@ def main() -> None:
         choose_temperature(args, generator, spec, seeds, reference, split, provenance)
         return
     probabilities = [sample_probabilities(generator, spec.n_steps, seed) for seed in seeds]
-    judged = Decoding(fill=spec.decoding.fill)  # a model trained with binarize_fill keeps its fill
+    # A model trained with binarize_fill or judged_min_length keeps them as its baseline.
+    judged = Decoding(fill=spec.decoding.fill, min_length=spec.decoding.min_length)
     choice, trials = calibrate(probabilities, reference, encoding=spec.encoding, grid=spec.grid, tempo=spec.tempo,
                                moves=[key_move(spec, seed) for seed in seeds], min_gain=args.min_gain, judged=judged,
                                min_lengths=args.min_lengths)

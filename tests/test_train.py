@@ -146,7 +146,7 @@ def test_a_run_judged_with_fill_is_evaluated_and_decoded_with_it(data, tmp_path)
     generator, meta = load_generator(run / "checkpoints" / "last.pt")
     assert ModelSpec.from_meta(meta).decoding == Decoding(fill=0.2)
     dataset_config = RollDataset(data, split="train").config
-    filled = generate_rolls(generator, noise, dataset_config, fill=0.01)  # 4 steps in, every cell is low
+    filled = generate_rolls(generator, noise, dataset_config, decoding=Decoding(fill=0.01))  # 4 steps in, every cell is low
     plain = generate_rolls(generator, noise, dataset_config)
     assert sum(r.cells.any(axis=0).sum() for r in filled) > sum(r.cells.any(axis=0).sum() for r in plain)
     exported = export_model(run / "checkpoints" / "last.pt", tmp_path / "m.safetensors")
@@ -184,10 +184,12 @@ def test_negatives_change_what_the_discriminator_learns(data, tmp_path):
 def test_a_discriminator_judging_with_a_shortest_sound_trains_differently(data, tmp_path):
     plain = weights(train(TrainConfig(steps=2, **TINY), data=data, run=tmp_path / "plain", progress=False)
                     / "checkpoints" / "last.pt")
-    run = train(TrainConfig(steps=2, judged_min_length=2, **TINY), data=data, run=tmp_path / "cut", progress=False)
+    run = train(TrainConfig(steps=2, judged_min_length=3, **TINY), data=data, run=tmp_path / "cut", progress=False)
     cut = weights(run / "checkpoints" / "last.pt")
     assert any(not torch.equal(a, b) for a, b in zip(plain["discriminator"].values(), cut["discriminator"].values()))
-    assert saved_train_config(run / "checkpoints" / "last.pt").judged_min_length == 2
+    assert saved_train_config(run / "checkpoints" / "last.pt").judged_min_length == 3
+    _, meta = load_generator(run / "checkpoints" / "last.pt")  # it decodes as its discriminator judged
+    assert ModelSpec.from_meta(meta).decoding == Decoding(min_length=3)
     for bad in (dict(judged_min_length=0), dict(judged_min_length=2, binarize="none")):
         with pytest.raises(ValueError, match="judged_min_length must be at least 1 step"):
             TrainConfig(**bad)
