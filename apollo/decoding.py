@@ -17,8 +17,9 @@ replaces it only when it gains more than :data:`MIN_GAIN`: a smaller gain is the
 and choosing the best of many candidates on noise would ship a decoding for nothing.
 bench/calibrate_decoding.py calibrates the bundled model this way.
 
-The shortest sound is not something the discriminator judged (it sees every one-step note), and
-it cuts real music too: :func:`ceiling` measures what a decoding alone costs the music.
+Unless a run sets ``judged_min_length``, the discriminator judges every one-step note, so the
+shortest sound is not something it judged; and it cuts real music too: :func:`ceiling` measures
+what a decoding alone costs the music.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def calibrate(
     it is measured against ``reference``, real music of the validation split (choose there, report
     on test). ``decodings`` defaults to :func:`candidates` (with ``judged``'s fill and each of
     ``min_lengths``); ``judged``, the decoding whose thresholds the model's discriminator judged in
-    training (the defaults, with the run's ``binarize_fill``), is always tried, as the baseline.
+    training (the defaults, with the run's ``binarize_fill`` and ``judged_min_length``:
+    :func:`judged_decoding`), is always tried, as the baseline.
     ``tolerance`` defaults to :data:`apollo.evaluate.TOLERANCE`; ``min_gain`` is what a candidate
     must gain over the default to replace it.
     """
