@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from apollo.decoding import MIN_GAIN, MIN_LENGTH, Decoding, calibrate, ceiling, choose
-from apollo.dataset import read_manifest
+from apollo.dataset import RollDataset, read_manifest
 from apollo.errors import ApolloError
 from apollo.evaluate import load_rolls
 from apollo.generate import (
@@ -116,8 +116,8 @@ def main() -> None:
         print(f"| {t.decoding} | {t.mean_oa:.3f} | {keeps} | {measured(t)} |")
     print(f"chosen: {choice}{kept_note(trials, baseline, args.min_gain)}")
     if split == "val":  # other pieces than the reference's: 512 rolls of the training split
-        real = load_rolls(args.data, split="train", real=True).rolls
-        real = [real[i] for i in np.random.default_rng(0).permutation(len(real))[:REAL_ROLLS]]
+        train = RollDataset(args.data, split="train")
+        real = train.rolls(np.random.default_rng(0).permutation(len(train))[:REAL_ROLLS])
         for min_length in sorted({t.decoding.min_length for t in trials}):
             cut, uncut = ceiling(real, reference, spec.encoding, Decoding(min_length=min_length))
             print(f"{len(real)} training rolls read back with min length {min_length}: mean OA {cut:.3f} "
