@@ -61,6 +61,7 @@ class ModelConfig:
     pitch_bias: bool = False  # G adds a learned bias per pitch row to its logits: which pitches sound at all
     voices: int = 0  # G writes each step as this many voices, each one pitch or a rest (0: every cell on its own)
     scaled_biases: bool = False  # with voices: the pitch and key biases grow with the spread of each voice's pitch map
+    key_contrast: float = 0.0  # > 0: each piece's 12 key biases are standardized to this spread (0: learned freely)
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers
@@ -75,6 +76,8 @@ class ModelConfig:
             raise ValueError("minibatch_std, nearest and rhythm_group must be group sizes (0: off)")
         if self.rhythm_group and not self.rhythm:
             raise ValueError("rhythm_group averages the rhythm path's features and needs rhythm")
+        if self.key_contrast < 0 or (self.key_contrast and not self.chroma):
+            raise ValueError("key_contrast must be at least 0 (0: off) and needs the chroma paths (chroma = true)")
         if self.style < 0:
             raise ValueError("style must be a number of channels (0: off)")
         if self.voices < 0:
@@ -210,7 +213,13 @@ class Generator(nn.Module):
             outputs = outputs + self.per_map(self.pitch_bias[None], gain)
         if self.key is not None:
             rows = torch.arange(self.config.n_pitches, device=noise.device) % PITCH_CLASSES
-            key = self.key(whole)[:, None, rows, None].expand(-1, self.config.roll_channels, -1, -1)
+            key = self.key(whole)
+            if self.config.key_contrast:
+                # A learned bias can shrink once the discriminator stops asking for the key, and in
+                # the folk runs it did (docs/model.md); standardized, only which classes it favours is learned.
+                key = self.config.key_contrast * (key - key.mean(dim=1, keepdim=True)) / \
+                    key.std(dim=1, keepdim=True).clamp_min(1e-6)
+            key = key[:, None, rows, None].expand(-1, self.config.roll_channels, -1, -1)
             outputs = outputs + self.per_map(key, gain)
         return outputs
 

@@ -52,7 +52,7 @@ __all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_check
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 # Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
 MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest",
-                 "rhythm_group", "voices", "scaled_biases")
+                 "rhythm_group", "voices", "scaled_biases", "key_contrast")
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ class TrainConfig:
     pitch_bias: bool = True  # the generator's learned bias per pitch row (ModelConfig.pitch_bias; docs/model.md)
     voices: int = 0  # the generator writes each step as this many voices, one pitch or a rest each (ModelConfig.voices; 0: off)
     scaled_biases: bool = False  # with voices: the pitch and key biases grow with the voices' maps (ModelConfig.scaled_biases)
+    key_contrast: float = 0.0  # the generator's key biases standardized to this spread (ModelConfig.key_contrast; 0: off)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 only where the hardware has it
@@ -178,6 +179,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 0 (0: off), got {getattr(self, name)}")
         if self.scaled_biases and not self.voices:
             raise ValueError("scaled_biases scales the voices' biases and needs voices (--set voices=N)")
+        if self.key_contrast < 0 or (self.key_contrast and not self.chroma):
+            raise ValueError("key_contrast must be at least 0 (0: off) and needs the chroma paths (chroma = true)")
         if self.rhythm_group < 0 or (self.rhythm_group and not self.rhythm):
             raise ValueError("rhythm_group must be a group size (0: off) and needs the rhythm path (rhythm = true)")
         if self.steps is not None and self.steps < 0 or self.minutes is not None and self.minutes < 0:
@@ -242,6 +245,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig |
         pitch_bias=config.pitch_bias,
         voices=config.voices,
         scaled_biases=config.scaled_biases,
+        key_contrast=config.key_contrast,
     )
 
 

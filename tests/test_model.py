@@ -61,6 +61,8 @@ def test_channels_last_and_bf16_give_the_same_shapes():
         (dict(generator_norm="spectral"), "generator_norm"),
         (dict(minibatch_std=-1), "group size"),
         (dict(scaled_biases=True), "needs voices"),
+        (dict(key_contrast=0.4), "needs the chroma paths"),
+        (dict(key_contrast=-1.0, chroma=True), "at least 0"),
     ],
 )
 def test_impossible_configs_are_refused(changes, message):
@@ -127,6 +129,20 @@ def test_chroma_paths_give_a_key_bias_and_a_pitch_class_view():
     # Without it, no extra parameters: older checkpoints load as they were saved.
     plain = ModelConfig(width=8)
     assert Generator(plain).key is None and Discriminator(plain).chroma is None
+    assert ModelConfig(**config.to_dict()) == config
+
+
+def test_key_contrast_keeps_each_pieces_key_bias_at_its_size_however_small_the_weights():
+    config = ModelConfig(width=8, chroma=True, key_contrast=0.4)
+    g = Generator(config)
+    noise = g.sample_noise(3)
+    for scale in (1.0, 1e-3):  # a learned key that has shrunk a thousandfold keeps its contrast
+        with torch.no_grad():
+            nn.init.normal_(g.key.weight, 0.0, scale)
+            bias = (g.logits(noise) - g.net(noise))[:, 0, :12, 0]  # [pieces, pitch classes]
+        assert torch.allclose(bias.std(dim=1), torch.full((3,), 0.4), atol=1e-4)
+        assert torch.allclose(bias.mean(dim=1), torch.zeros(3), atol=1e-5)
+        assert not torch.allclose(bias[0], bias[1])  # each piece still picks its own key
     assert ModelConfig(**config.to_dict()) == config
 
 

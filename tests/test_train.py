@@ -441,7 +441,7 @@ def test_a_run_saved_before_r1_ema_shift_and_the_term_registry_resumes_as_it_tra
 def test_every_term_rhythm_path_refine_layer_style_pitch_bias_nearest_and_voices_train_and_are_kept(data, tmp_path):
     every = {name: 1.0 for name in TERMS}
     run = train(TrainConfig(steps=2, rhythm=True, refine=True, style=3, pitch_bias=True, nearest=True, voices=4,
-                            scaled_biases=True, rhythm_group=2, terms=every, **TINY), data=data,
+                            scaled_biases=True, rhythm_group=2, key_contrast=0.4, terms=every, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["model_config"]["rhythm"] and state["model_config"]["refine"] and state["train_config"]["terms"] == every
@@ -455,7 +455,7 @@ def test_every_term_rhythm_path_refine_layer_style_pitch_bias_nearest_and_voices
     discriminator = Discriminator(ModelConfig(**state["model_config"]))
     discriminator.load_state_dict(state["discriminator"])
     assert discriminator.rhythm is not None and discriminator.nearest.group == TINY["batch_size"]
-    assert discriminator.config.rhythm_group == 2
+    assert discriminator.config.rhythm_group == 2 and generator.config.key_contrast == 0.4
 
 
 def test_chroma_paths_and_the_diversity_term_train_on_a_key_normalized_dataset(chorale_dir, tmp_path, monkeypatch):
