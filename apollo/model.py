@@ -61,7 +61,7 @@ class ModelConfig:
     pitch_bias: bool = False  # G adds a learned bias per pitch row to its logits: which pitches sound at all
     voices: int = 0  # G writes each step as this many voices, each one pitch or a rest (0: every cell on its own)
     scaled_biases: bool = False  # with voices: the pitch and key biases grow with the spread of each voice's pitch map
-    key_contrast: float = 0.0  # > 0: each piece's 12 key biases are standardized to this spread (0: learned freely)
+    key_contrast: float = 0.0  # > 0: each piece's 12 key biases are standardized to this standard deviation (0: learned freely)
 
     def __post_init__(self) -> None:
         scale = 2**self.n_layers

@@ -118,7 +118,7 @@ class TrainConfig:
     pitch_bias: bool = True  # the generator's learned bias per pitch row (ModelConfig.pitch_bias; docs/model.md)
     voices: int = 0  # the generator writes each step as this many voices, one pitch or a rest each (ModelConfig.voices; 0: off)
     scaled_biases: bool = False  # with voices: the pitch and key biases grow with the voices' maps (ModelConfig.scaled_biases)
-    key_contrast: float = 0.0  # the generator's key biases standardized to this spread (ModelConfig.key_contrast; 0: off)
+    key_contrast: float = 0.0  # the generator's key biases standardized to this standard deviation (ModelConfig.key_contrast; 0: off)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "mps"
     precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 only where the hardware has it
