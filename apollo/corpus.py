@@ -5,6 +5,9 @@
   two encodings (MusicXML and Humdrum) only one is used.
 - ``folk``: Ryan's Mammoth Collection and O'Neill's Music of Ireland (1850), fiddle reels, jigs and
   hornpipes in ABC. An ABC file holds many tunes; each tune becomes one MIDI file.
+- ``palestrina``: the mass movements of Palestrina in Humdrum (about 1,300), four to six voices. No
+  recipe or default was chosen on it: it is the corpus that shows how the default recipe does on
+  music it was not tuned on (docs/results.md).
 
 Converting a score with music21 takes about 0.1 s, so converted files are cached under
 ``$APOLLO_CACHE/corpora/<name>/<conversion>/`` (default ``$XDG_CACHE_HOME/apollo`` or ``~/.cache/apollo``) and a
@@ -91,6 +94,13 @@ def _bach_chorales() -> list[Piece]:
     return [Piece(stem, str(path)) for stem, path in sorted(by_stem.items(), key=lambda kv: _natural(kv[0]))]
 
 
+def _palestrina() -> list[Piece]:
+    from music21 import corpus
+
+    paths = sorted(map(Path, corpus.getComposer("palestrina")), key=lambda p: _natural(p.name))
+    return [Piece(f"palestrina/{path.stem}", str(path)) for path in paths if path.suffix == ".krn"]
+
+
 def _abc_tunes(*collections: str) -> list[Piece]:
     from music21 import corpus
 
@@ -131,6 +141,9 @@ CORPORA: dict[str, Corpus] = {
         "folk",
         "Fiddle reels, jigs and hornpipes: Ryan's Mammoth Collection and O'Neill's 1850 (about 3,000 tunes, music21)",
         lambda: _abc_tunes("ryansMammoth", "oneills1850"),
+    ),
+    "palestrina": Corpus(
+        "palestrina", "Palestrina's mass movements, four to six voices (about 1,300, music21)", _palestrina
     ),
 }
 

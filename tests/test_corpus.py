@@ -28,6 +28,18 @@ def test_folk_listing_has_one_piece_per_tune():
     assert len({p.source for p in oneills}) < len(oneills) / 10  # many tunes per file
 
 
+def test_palestrina_exports_polyphonic_movements(monkeypatch, tmp_path):
+    pieces = CORPORA["palestrina"].pieces()
+    assert len(pieces) > 1200 and all(p.source.endswith(".krn") for p in pieces)
+    assert len({p.name for p in pieces}) == len(pieces)
+    monkeypatch.setenv("APOLLO_CACHE", str(tmp_path / "cache"))
+    summary = export("palestrina", tmp_path / "out", limit=1, workers=1)
+    assert summary.written == 1
+    notes = read_notes(next((tmp_path / "out").rglob("*.mid")))
+    starts = notes.start.tolist()
+    assert len(starts) - len(set(starts)) > 20  # voices that start notes together
+
+
 def test_export_writes_readable_midi_and_second_export_comes_from_cache(chorale_dir, tmp_path):
     files = sorted(chorale_dir.glob("*.mid"))
     assert len(files) == 24
