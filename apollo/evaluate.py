@@ -57,6 +57,7 @@ __all__ = [
     "near_duplicate_rate",
     "overlap_matrix",
     "report",
+    "subset",
 ]
 
 DEFAULT_N_STEPS = 256  # chunk length when neither side is a dataset that says otherwise
@@ -497,7 +498,8 @@ def load_rolls(
     return RollSet(rolls, grid, n_steps, source)
 
 
-def _subset(rolls: list[PianoRoll], limit: int | None, rng: np.random.Generator) -> list[PianoRoll]:
+def subset(rolls: list[PianoRoll], limit: int | None, rng: np.random.Generator) -> list[PianoRoll]:
+    """At most ``limit`` of ``rolls`` (all where ``limit`` is None), drawn with ``rng``, in their order."""
     if limit is None or len(rolls) <= limit:
         return rolls
     return [rolls[i] for i in sorted(rng.choice(len(rolls), size=limit, replace=False))]
@@ -551,7 +553,7 @@ def evaluate_paths(
     else:
         note = "not measured: the reference is not a dataset, so there is no training split"
     rng = np.random.default_rng(seed)
-    gen_rolls, ref_rolls = _subset(gen.rolls, limit, rng), _subset(ref.rolls, limit, rng)
+    gen_rolls, ref_rolls = subset(gen.rolls, limit, rng), subset(ref.rolls, limit, rng)
     sources = {"generated": gen.source, "reference": ref.source}
     if training is not None:
         sources["training"] = {"source": str(reference), "split": "train"}

@@ -41,7 +41,7 @@ import numpy as np
 from apollo.decoding import MIN_GAIN, MIN_LENGTH, Decoding, calibrate, ceiling, choose
 from apollo.dataset import RollDataset, read_manifest
 from apollo.errors import ApolloError
-from apollo.evaluate import load_rolls
+from apollo.evaluate import load_rolls, subset
 from apollo.generate import (
     export_model,
     find_model,
@@ -70,6 +70,9 @@ def main() -> None:
                              "a model of fast music may play one-step notes")
     parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
                         help=f"mean OA a candidate must gain over the default to replace it (default: {MIN_GAIN})")
+    parser.add_argument("--reference", type=int, metavar="N",
+                        help="measure against N stretches of the split drawn with seed 0 (default: all); "
+                             "the reference's pairwise distances grow with its square")
     args = parser.parse_args()
     if args.n < 1:
         parser.error(f"-n must be at least 1, got {args.n}")
@@ -77,6 +80,8 @@ def main() -> None:
         parser.error(f"--min-gain must be at least 0, got {args.min_gain}")
     if min(args.min_lengths) < 1:
         parser.error(f"--min-lengths must be at least 1, got {min(args.min_lengths)}")
+    if args.reference is not None and args.reference < 2:
+        parser.error(f"--reference must be at least 2 stretches, got {args.reference}")
 
     provenance = {}
     if args.provenance:  # read first: a bad file should not cost a calibration
@@ -97,7 +102,7 @@ def main() -> None:
     if split == "train":
         print(f"{args.data} has no test split (an older dataset): its validation split is reported on, so the "
               "decoding is chosen on the training split")
-    reference = load_rolls(args.data, split=split, real=True).rolls
+    reference = subset(load_rolls(args.data, split=split, real=True).rolls, args.reference, np.random.default_rng(0))
     if family(generator) != "dcgan":
         choose_temperature(args, generator, spec, seeds, reference, split, provenance)
         return

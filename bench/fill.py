@@ -25,7 +25,7 @@ import numpy as np
 
 from apollo.decoding import Decoding
 from apollo.errors import ApolloError
-from apollo.evaluate import load_rolls, report
+from apollo.evaluate import load_rolls, report, subset
 from apollo.generate import find_model, key_move, load_model, sample_probabilities
 from long_pieces import rests, silent_bars
 
@@ -41,9 +41,13 @@ def main() -> int:
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--fill", type=float, nargs="+", required=True, help="fill values to try")
     parser.add_argument("-n", type=int, default=256, help="pieces of one window for mean OA (default: 256)")
+    parser.add_argument("--reference", type=int, metavar="N",
+                        help="measure against N stretches of the split drawn with seed 0 (default: all)")
     args = parser.parse_args()
     if args.n < 2:
         parser.error(f"-n must be at least 2, got {args.n}")
+    if args.reference is not None and args.reference < 2:
+        parser.error(f"--reference must be at least 2 stretches, got {args.reference}")
 
     generator, spec = load_model(find_model(args.checkpoint))
     own = spec.decoding or Decoding()
@@ -51,7 +55,7 @@ def main() -> int:
         decodings = [own] + [replace(own, fill=fill) for fill in args.fill]
     except ValueError as error:
         raise ApolloError(f"--fill: {error}") from None
-    reference = load_rolls(args.data, split=args.split, real=True).rolls
+    reference = subset(load_rolls(args.data, split=args.split, real=True).rolls, args.reference, np.random.default_rng(0))
     seeds = range(FIRST_SEED, FIRST_SEED + args.n)
     windows = [sample_probabilities(generator, spec.n_steps, seed) for seed in seeds]
     moves = [key_move(spec, seed) for seed in seeds]

@@ -156,6 +156,7 @@ def test_the_ceiling_is_what_the_shortest_sound_deletes_from_real_music(chorale_
     (["--data", "no-such-dataset"], "error: no-such-dataset: no such dataset"),
     (["--data", "no-such-dataset", "--min-lengths", "0"], "--min-lengths must be at least 1"),
     (["--data", "no-such-dataset", "--min-gain", "-1"], "--min-gain must be at least 0"),
+    (["--data", "no-such-dataset", "--reference", "1"], "--reference must be at least 2"),
 ])
 def test_the_calibration_script_says_what_is_wrong_in_one_line(args, message):
     script = Path(__file__).resolve().parents[1] / "bench" / "calibrate_decoding.py"

@@ -85,6 +85,18 @@ def test_memorization_blocks_give_the_same_answer(monkeypatch):
     assert (whole[:10] == pytest.approx(1.0)) and (whole[10:] < 0.8).all()
 
 
+def test_a_subset_keeps_order_and_repeats_with_its_seed():
+    rolls = [PianoRoll(np.full((64, 16), i % 2, dtype=np.uint8)) for i in range(50)]
+    assert evaluate.subset(rolls, None, np.random.default_rng(0)) is rolls
+    assert evaluate.subset(rolls, 50, np.random.default_rng(0)) is rolls
+
+    def positions(seed: int) -> list[int]:
+        return [next(i for i, r in enumerate(rolls) if r is p) for p in evaluate.subset(rolls, 10, np.random.default_rng(seed))]
+
+    assert len(positions(0)) == 10 and positions(0) == sorted(positions(0))
+    assert positions(0) == positions(0) != positions(1)
+
+
 def test_rolls_of_different_shapes_are_refused():
     with pytest.raises(ValueError, match="shape"):
         evaluate.diversity([piece(1, n_steps=64), piece(2, n_steps=32)])
