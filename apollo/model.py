@@ -57,6 +57,7 @@ class ModelConfig:
     rhythm: bool = False  # D also sees how many pitches sound and start at each step, along time
     motion: bool = False  # D also sees how far each starting note lies from the nearest note that just ended
     refine: bool = False  # G ends in a stride-1 convolution over neighbouring pitches and steps
+    refine_residual: bool = False  # G's output maps pass through a residual of two stride-1 layers that starts at zero
     style: int = 0  # G reads this many numbers from the whole noise and gives them to every position (0: off)
     pitch_bias: bool = False  # G adds a learned bias per pitch row to its logits: which pitches sound at all
     voices: int = 0  # G writes each step as this many voices, each one pitch or a rest (0: every cell on its own)
@@ -144,7 +145,20 @@ class Generator(nn.Module):
         else:
             layers.append(nn.ConvTranspose2d(widths[-1], config.output_channels, k, stride=2, padding=pad))
         self.net = nn.Sequential(*layers)
+        # The same view over neighbouring steps as `refine`, added to the maps instead of replacing
+        # the last layer: its last weights start at zero, so the generator starts as the plain one
+        # does (a `refine` generator learned slowly from its own start; docs/model.md).
+        self.residual = None
+        if config.refine_residual:
+            padding = tuple(size // 2 for size in REFINE_KERNEL)
+            self.residual = nn.Sequential(
+                nn.Conv2d(config.output_channels, config.width, REFINE_KERNEL, padding=padding),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(config.width, config.output_channels, REFINE_KERNEL, padding=padding))
         self.apply(init_weights)
+        if self.residual is not None:
+            nn.init.zeros_(self.residual[-1].weight)
+            nn.init.zeros_(self.residual[-1].bias)
         for layer in self.net:
             if isinstance(layer, nn.ConvTranspose2d):
                 init_without_checkerboard(layer)
@@ -208,6 +222,8 @@ class Generator(nn.Module):
             style = self.style(whole)[:, :, None, None].expand(-1, -1, *noise.shape[2:])
             inputs = torch.cat([noise, style], dim=1)
         outputs = self.net(inputs)
+        if self.residual is not None:
+            outputs = outputs + self.residual(outputs)
         gain = self.voice_gain(outputs) if self.config.scaled_biases else None
         if self.pitch_bias is not None:
             outputs = outputs + self.per_map(self.pitch_bias[None], gain)

@@ -51,7 +51,7 @@ __all__ = ["TrainConfig", "LOSSES", "train", "saved_train_config", "latest_check
 
 DEFAULT_MINUTES = 20.0  # how long `apollo train` runs when given neither steps nor minutes
 # Settings that shape the networks: a fine-tuned run keeps its checkpoint's.
-MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "style", "pitch_bias", "nearest",
+MODEL_SHAPING = ("model", "preset", "loss", "chroma", "rhythm", "motion", "refine", "refine_residual", "style", "pitch_bias", "nearest",
                  "rhythm_group", "voices", "scaled_biases", "key_contrast")
 
 
@@ -114,6 +114,7 @@ class TrainConfig:
     nearest: bool = False  # D also sees each roll's overlap with its nearest neighbour in the batch (ModelConfig.nearest)
     rhythm_group: int = 0  # D also sees the rhythm path's features averaged over groups of this many rolls (0: off)
     refine: bool = False  # the generator's last stride-1 layer (ModelConfig.refine; docs/model.md)
+    refine_residual: bool = False  # the same view as a residual that starts at zero (ModelConfig.refine_residual)
     style: int = 0  # the generator's style numbers, shared by the whole piece (ModelConfig.style; 0: off)
     pitch_bias: bool = True  # the generator's learned bias per pitch row (ModelConfig.pitch_bias; docs/model.md)
     voices: int = 0  # the generator writes each step as this many voices, one pitch or a rest each (ModelConfig.voices; 0: off)
@@ -241,6 +242,7 @@ def model_config_for(config: TrainConfig, dataset: RollDataset) -> ModelConfig |
         nearest=config.batch_size if config.nearest else 0,  # real and fake halves apart
         rhythm_group=math.gcd(config.rhythm_group, config.batch_size) if config.rhythm_group else 0,  # divides each half
         refine=config.refine,
+        refine_residual=config.refine_residual,
         style=config.style,
         pitch_bias=config.pitch_bias,
         voices=config.voices,

@@ -313,6 +313,25 @@ def test_refine_ends_the_generator_in_a_stride_1_layer_that_sees_neighbouring_st
     assert g(g.sample_noise(2)).shape == (2, 2, 64, 256)
 
 
+def test_the_residual_refine_starts_as_the_plain_generator_and_learns_to_see_neighbouring_steps():
+    torch.manual_seed(0)
+    plain = Generator(ModelConfig(width=8))
+    torch.manual_seed(0)
+    residual = Generator(ModelConfig(width=8, refine_residual=True))
+    residual.net.load_state_dict(plain.net.state_dict())
+    noise = plain.sample_noise(2, torch.Generator().manual_seed(1))
+    assert torch.equal(residual(noise), plain(noise))  # its last weights start at zero
+    # One step of gradient descent gives them a say, over 3 pitches and 5 steps.
+    residual(noise)[:, 0].mean().backward()
+    last = residual.residual[-1]
+    assert last.weight.grad.abs().sum() > 0 and last.kernel_size == (3, 5)
+    with torch.no_grad():
+        last.weight.normal_(0, 0.1)
+    maps = torch.randn(1, 2, 64, 256, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    (maps + residual.residual(maps))[0, 0, 30, 100].backward()
+    steps = maps.grad[0].abs().sum(dim=(0, 1)).nonzero().flatten().tolist()
+    assert steps == list(range(96, 105))  # two layers of +-2 steps each
+
 
 def test_a_voice_sounds_one_pitch_or_rests_and_a_cell_sounds_if_any_voice_sounds_it():
     g = Generator(ModelConfig(width=8, voices=2, pitch_bias=True)).eval()

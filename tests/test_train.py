@@ -440,7 +440,7 @@ def test_a_run_saved_before_r1_ema_shift_and_the_term_registry_resumes_as_it_tra
 
 def test_every_term_rhythm_path_refine_layer_style_pitch_bias_nearest_and_voices_train_and_are_kept(data, tmp_path):
     every = {name: 1.0 for name in TERMS}
-    run = train(TrainConfig(steps=2, rhythm=True, refine=True, style=3, pitch_bias=True, nearest=True, voices=4,
+    run = train(TrainConfig(steps=2, rhythm=True, refine=True, refine_residual=True, style=3, pitch_bias=True, nearest=True, voices=4,
                             scaled_biases=True, rhythm_group=2, key_contrast=0.4, terms=every, **TINY), data=data,
                 run=tmp_path / "run", progress=False)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -451,6 +451,7 @@ def test_every_term_rhythm_path_refine_layer_style_pitch_bias_nearest_and_voices
     assert state["model_config"]["style"] == 3 and state["model_config"]["pitch_bias"]
     generator, _ = load_generator(run / "checkpoints" / "last.pt")
     assert isinstance(generator.net[-1], torch.nn.Conv2d) and generator.style.out_features == 3
+    assert generator.residual is not None and generator.residual[-1].weight.abs().sum() > 0  # trained, kept
     assert generator.config.voices == 4 and generator.net[-1].out_channels == 9 and generator.config.scaled_biases
     discriminator = Discriminator(ModelConfig(**state["model_config"]))
     discriminator.load_state_dict(state["discriminator"])
