@@ -54,6 +54,7 @@ __all__ = [
     "voice_step",
     "parallel_rate",
     "top_pitch_share",
+    "count_change_rate",
     "sample_metrics",
 ]
 
@@ -347,6 +348,18 @@ def top_pitch_share(roll: Roll) -> float:
     return float(f.sounding.sum(axis=1).max() / busy) if busy else np.nan
 
 
+def count_change_rate(roll: Roll) -> float:
+    """Share of the sounding steps, after the first step, at which the number of sounding pitches
+    differs from the step before (0..1; nan if nothing sounds after step 0).
+
+    Four voices that move together keep the count at every chord; a voice that drops out for a
+    step, or a fifth pitch that comes in for one, changes it twice. Real 16-bar stretches measure
+    about 0.14 (chorales) and 0.01 (folk tunes, where only a rest changes it)."""
+    count = _voices(roll)
+    busy = count[1:] > 0
+    return float(np.mean(count[1:][busy] != count[:-1][busy])) if busy.any() else np.nan
+
+
 # name -> function; the order is the order of every table Apollo prints.
 METRICS: dict[str, Callable[[Roll], float]] = {
     "empty_bar_rate": empty_bar_rate,
@@ -362,6 +375,7 @@ METRICS: dict[str, Callable[[Roll], float]] = {
     "voice_step": voice_step,
     "parallel_rate": parallel_rate,
     "top_pitch_share": top_pitch_share,
+    "count_change_rate": count_change_rate,
 }
 
 

@@ -56,6 +56,7 @@ SHORT = {
     "voice_step": "step",
     "parallel_rate": "par",
     "top_pitch_share": "top",
+    "count_change_rate": "changes",
     "diversity": "div",
 }
 

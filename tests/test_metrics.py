@@ -44,7 +44,7 @@ def test_silent_roll_is_all_empty_and_undefined_elsewhere():
     assert values["note_density"] == 0.0
     for name in ("used_pitch_classes", "qualified_note_rate", "polyphony", "polyphony_rate",
                  "pitch_class_entropy", "scale_consistency", "pitch_range", "voice_step", "parallel_rate",
-                 "top_pitch_share"):
+                 "top_pitch_share", "count_change_rate"):
         assert math.isnan(values[name]), name
     assert values["groove_consistency"] == 1.0  # two bars with the same (empty) onset pattern
 
@@ -151,6 +151,17 @@ def test_other_steps_per_beat_scale_the_bar():
 
 
 # -- a pitch held through the piece ------------------------------------------------------------
+
+
+def test_count_change_rate_counts_the_steps_where_the_number_of_sounding_pitches_changes():
+    chorale = [(p, start, start + 4) for start in range(0, 32, 4) for p in (C4 - 12, C4, E4, G4)]
+    assert metrics.count_change_rate(roll(chorale)) == 0.0  # four voices moving together
+    dropout = [note for note in chorale if note != (E4, 8, 12)] + [(E4, 8, 10)]  # alto rests at steps 10-11
+    assert metrics.count_change_rate(roll(dropout)) == pytest.approx(2 / 31)  # 4 -> 3 at 10, 3 -> 4 at 12
+    # Silent steps are left out; the first step after a rest counts.
+    line = [(C4, 0, 6), (E4, 8, 14)]
+    assert metrics.count_change_rate(roll(line, n_steps=16)) == pytest.approx(1 / 11)  # 0 -> 1 at step 8
+    assert np.isnan(metrics.count_change_rate(roll([(C4, 0, 1)], n_steps=16)))  # nothing after step 0
 
 
 def test_top_pitch_share_is_the_share_of_sounding_steps_of_the_busiest_pitch():

@@ -136,7 +136,8 @@ def test_voice_step_histogram_has_one_bin_per_semitone_to_an_octave_and_one_beyo
 
 
 def test_new_entries_come_last_so_older_tables_keep_their_order():
-    assert list(METRICS)[-3:] == ["voice_step", "parallel_rate", "top_pitch_share"] and len(METRICS) == 13
+    assert list(METRICS)[-4:] == ["voice_step", "parallel_rate", "top_pitch_share", "count_change_rate"]
+    assert len(METRICS) == 14
     assert list(FEATURES)[-1] == "voice_step" and len(FEATURES) == 10
 
 
