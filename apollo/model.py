@@ -147,7 +147,7 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
         # The same view over neighbouring steps as `refine`, added to the maps instead of replacing
         # the last layer: its last weights start at zero, so the generator starts as the plain one
-        # does (a `refine` generator learned slowly from its own start; docs/model.md).
+        # does (docs/model.md).
         self.residual = None
         if config.refine_residual:
             padding = tuple(size // 2 for size in REFINE_KERNEL)
