@@ -33,6 +33,7 @@ __all__ = ["ModelConfig", "PRESETS", "Generator", "Discriminator", "MinibatchStd
 NORMS = ("batch", "spectral", "layer", "none")
 PITCH_CLASSES = 12
 REFINE_KERNEL = (3, 5)  # pitches x steps of the generator's last layer with ModelConfig.refine
+REFINE_PADDING = tuple(size // 2 for size in REFINE_KERNEL)  # keeps the roll's shape
 OUTPUT_BIAS = -3.0  # initial logit of every cell: sigmoid(-3) = 0.047
 MOTION_REACH = 12  # semitones: the motion path tells steps of 0..12 apart, and anything wider as one
 
@@ -140,8 +141,7 @@ class Generator(nn.Module):
             layers.append(nn.ConvTranspose2d(widths[-1], widths[-1] // 2, k, stride=2, padding=pad, bias=False))
             layers.append(norm_layer(config.generator_norm, widths[-1] // 2))
             layers.append(nn.ReLU(inplace=True))
-            layers.append(nn.Conv2d(widths[-1] // 2, config.output_channels, REFINE_KERNEL,
-                                    padding=tuple(size // 2 for size in REFINE_KERNEL)))
+            layers.append(nn.Conv2d(widths[-1] // 2, config.output_channels, REFINE_KERNEL, padding=REFINE_PADDING))
         else:
             layers.append(nn.ConvTranspose2d(widths[-1], config.output_channels, k, stride=2, padding=pad))
         self.net = nn.Sequential(*layers)
@@ -150,11 +150,10 @@ class Generator(nn.Module):
         # does (docs/model.md).
         self.residual = None
         if config.refine_residual:
-            padding = tuple(size // 2 for size in REFINE_KERNEL)
             self.residual = nn.Sequential(
-                nn.Conv2d(config.output_channels, config.width, REFINE_KERNEL, padding=padding),
+                nn.Conv2d(config.output_channels, config.width, REFINE_KERNEL, padding=REFINE_PADDING),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(config.width, config.output_channels, REFINE_KERNEL, padding=padding))
+                nn.Conv2d(config.width, config.output_channels, REFINE_KERNEL, padding=REFINE_PADDING))
         self.apply(init_weights)
         if self.residual is not None:
             nn.init.zeros_(self.residual[-1].weight)
