@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from apollo.dataset import RollDataset
+from apollo.errors import ApolloError
 from apollo.evaluate import CHECKED, evaluate_paths
 from apollo.generate import generate
 from apollo.io import write_json
@@ -189,4 +190,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ApolloError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted; the rows finished so far are in their JSON files")
