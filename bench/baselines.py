@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=CHECKPOINT",
                         help="a model row: a training checkpoint, an exported model or 'bundled'")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.model):
+        parser.error("--model takes LABEL=CHECKPOINT, e.g. --model bundled=bundled")
     models = dict(item.split("=", 1) for item in args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     reports = measure(args.dataset, args.out, args.n, args.seeds, models, args.split)
